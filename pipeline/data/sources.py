@@ -1,0 +1,46 @@
+"""Resolve ``data.source`` (``synthetic`` or a dataset folder) into prepared splits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.data.prepare import prepare_dataset
+from pipeline.data.synthetic import generate_dataset
+from pipeline.errors import DatasetError
+from pipeline.params import DataParams, Params
+
+SYNTHETIC_ROOT = Path("data/synthetic")
+SYNTHETIC_DOMAIN = "pavement"
+ZERO_SHOT_DOMAIN = "masonry"
+
+
+def synthetic_dataset(data: DataParams, domain: str, n_images: int, seed_offset: int = 0) -> Path:
+    """Generate (or reuse, when the arguments match) a synthetic dataset folder."""
+    synthetic = data.synthetic
+    folder = SYNTHETIC_ROOT / domain
+    spec = {"n_images": n_images, "size": synthetic.size, "seed": synthetic.seed + seed_offset,
+            "domain": domain, "crack_free_fraction": synthetic.crack_free_fraction}
+    stamp = folder / "generated.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        return folder
+    generate_dataset(folder, **spec)
+    stamp.write_text(json.dumps(spec))
+    return folder
+
+
+def resolve_source(data: DataParams) -> Path:
+    """The dataset folder behind ``data.source``, generating the synthetic default if needed."""
+    if data.source == "synthetic":
+        return synthetic_dataset(data, SYNTHETIC_DOMAIN, data.synthetic.n_images)
+    folder = Path(data.source)
+    if not folder.exists():
+        raise DatasetError(f"data.source: dataset folder {folder} does not exist "
+                           "(use 'synthetic' or a folder with images/ and masks/)")
+    return folder
+
+
+def prepare_from_params(params: Params) -> dict:
+    """Validate, split and resize ``data.source`` into ``data.prepared_dir``; return the manifest."""
+    data = params.data
+    return prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
+                           data.val_fraction, data.test_fraction, data.seed)

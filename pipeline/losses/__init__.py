@@ -1,0 +1,19 @@
+"""Segmentation losses for one-logit-per-pixel crack prediction."""
+from __future__ import annotations
+
+from pipeline.losses.bce_lambda_dice import BceLambdaDiceLoss
+from pipeline.losses.dice import DiceLoss
+from pipeline.losses.factory import DICE_KINDS, LOSS_KINDS, build_dice, build_loss
+from pipeline.losses.focal import BinaryFocalLoss
+from pipeline.losses.lambda_bce_dice import LambdaBceDiceLoss
+
+__all__ = [
+    "DICE_KINDS",
+    "LOSS_KINDS",
+    "BceLambdaDiceLoss",
+    "BinaryFocalLoss",
+    "DiceLoss",
+    "LambdaBceDiceLoss",
+    "build_dice",
+    "build_loss",
+]

@@ -1,0 +1,17 @@
+"""Evaluation metrics for binary crack segmentation."""
+from __future__ import annotations
+
+from pipeline.metrics.meter import SegmentationMeter
+from pipeline.metrics.pixel import Counts, count, count_batch, summarize
+from pipeline.metrics.tolerance import ToleranceMeter, average_precision, threshold_grid
+
+__all__ = [
+    "Counts",
+    "SegmentationMeter",
+    "ToleranceMeter",
+    "average_precision",
+    "count",
+    "count_batch",
+    "summarize",
+    "threshold_grid",
+]

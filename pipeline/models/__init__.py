@@ -1,0 +1,1 @@
+"""Crack segmentation models: SAM (prompt-free) and its tuning-ready building blocks."""

@@ -1,0 +1,22 @@
+"""Build the model that ``params`` describe, with weights loaded and tuning applied."""
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.models.prompt_free_sam import PromptFreeSam
+from pipeline.models.sam_builder import build_sam
+from pipeline.models.sam_checkpoint import load_sam_checkpoint
+from pipeline.params import Params
+from pipeline.tuning import apply_tuning
+
+
+def build_model(params: Params, load_weights: bool = True) -> nn.Module:
+    """A crack segmenter taking (B, 3, S, S) images in [0, 1] and returning (B, 1, S, S) logits.
+
+    ``load_weights=False`` skips the pretrained checkpoint, for rebuilding a trained model whose
+    full state dict is loaded afterwards.
+    """
+    sam = build_sam(params.model.variant, params.data.img_size)
+    if load_weights and params.model.checkpoint:
+        load_sam_checkpoint(sam, params.model.checkpoint, params.model.variant)
+    return apply_tuning(PromptFreeSam(sam), params.tuning)

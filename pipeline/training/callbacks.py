@@ -1,0 +1,64 @@
+"""The training loop's plug-in points: MLflow logging and sweep pruning hook in here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced; passed to every callback after validation."""
+
+    epoch: int
+    train_loss: float
+    val: dict[str, float]
+    lr: float
+    seconds: float
+    images_per_second: float
+    is_best: bool
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names shared by DVC plots, MLflow and sweeps."""
+        flat = {"train_loss": self.train_loss, "lr": self.lr, "epoch_seconds": self.seconds,
+                "images_per_second": self.images_per_second}
+        flat.update({f"val_{name}": value for name, value in self.val.items()})
+        return flat
+
+
+@dataclass
+class FitResult:
+    """The loop's return value."""
+
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def best_f1(self) -> float:
+        return self.best_val.get("f1", 0.0)
+
+
+class Callback:
+    """Override what you need. Raising from a hook stops training (e.g. ``optuna.TrialPruned``)."""
+
+    def on_train_start(self, total_epochs: int) -> None:
+        pass
+
+    def on_epoch_end(self, result: EpochResult) -> None:
+        pass
+
+    def on_train_end(self, result: FitResult) -> None:
+        pass
+
+
+class PrintCallback(Callback):
+    """One line per epoch on stdout, for logs that outlive the progress bar."""
+
+    def on_epoch_end(self, result: EpochResult) -> None:
+        val = result.val
+        print(
+            f"epoch {result.epoch + 1}: train_loss {result.train_loss:.4f}  val P {val['precision']:.3f} "
+            f"R {val['recall']:.3f} F1 {val['f1']:.3f} IoU {val['iou']:.3f}  "
+            f"({result.seconds:.1f}s, {result.images_per_second:.1f} img/s){'  *best' if result.is_best else ''}",
+            flush=True,
+        )

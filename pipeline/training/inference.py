@@ -1,0 +1,26 @@
+"""Run a model over a loader and yield crack probabilities (shared by validation and evaluation)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.training.precision import autocast
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(probabilities, masks)`` per batch, both (B, 1, H, W) float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        for images, masks in loader:
+            with autocast(device, amp_dtype):
+                logits = model(images.to(device, non_blocking=True))
+            yield torch.sigmoid(logits.float()).cpu(), masks
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""MLflow Model Registry: registration and gated promotion. Filled in by the registry issues."""
