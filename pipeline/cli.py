@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from pipeline.atomic import write_json
 from pipeline.errors import CrackopsError
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, load_params
 
+RUN_FILE = "mlflow_run.json"
 Command = Callable[[Params, argparse.Namespace], int | None]
 COMMANDS: dict[str, Command] = {}
 
@@ -35,28 +37,122 @@ def _prepare(params: Params, args: argparse.Namespace) -> None:
     print(f"prepared {params.data.source} into {params.data.prepared_dir}: {counts}")
 
 
+@command("embed")
+def _embed(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.distill.embed import embed_from_params
+
+    report = embed_from_params(params, progress=not args.no_progress)
+    if report.skipped:
+        print(f"model.family is {params.model.family}, not sam_lite: nothing to embed "
+              f"(placeholder index in {report.folder})")
+        return
+    teacher = report.teacher
+    state = "written" if report.written else "unchanged"
+    print(f"teacher {teacher['variant']} at {teacher['img_size']}px (fingerprint {teacher['fingerprint'][:12]}): "
+          f"{report.computed} images embedded, {report.reused} reused; {report.folder} {state}")
+
+
+@command("distill")
+def _distill(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.distill.student_training import distill_from_params
+
+    report = distill_from_params(params, progress=not args.no_progress)
+    if report.skipped:
+        print(f"model.family is {params.model.family}, not sam_lite: placeholder written to {report.student_path}")
+        return
+    print(f"student distilled on {report.images} images in {report.seconds:.0f}s: final embedding MSE "
+          f"{report.final_mse:.5f}; written to {report.student_path}")
+
+
 @command("train")
 def _train(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.training.run import train_from_params
+    from pipeline.tracking.tracked_training import train_with_tracking
 
-    outcome = train_from_params(params, out_dir=Path(params.train.out_dir), progress=not args.no_progress)
+    outcome, run_id = train_with_tracking(params, Path(params.train.out_dir), progress=not args.no_progress)
+    if run_id:
+        print(f"MLflow run {run_id}")
+    else:
+        # dvc.yaml declares this file; with tracking off it says so, and `register` refuses clearly.
+        write_json(Path(params.train.out_dir) / RUN_FILE, {"run_id": None, "tracking": "disabled"})
     best = outcome.fit.best_val
     print(f"best epoch {outcome.fit.best_epoch + 1}: validation F1 {best['f1']:.4f} "
           f"(P {best['precision']:.4f}, R {best['recall']:.4f}, IoU {best['iou']:.4f}); "
           f"model written to {params.train.out_dir}")
 
 
+@command("evaluate")
+def _evaluate(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.data.sources import zero_shot_sets
+    from pipeline.evaluation import run_evaluation
+    from pipeline.models.trained import load_trained_model
+
+    train_dir, out_dir = Path(params.train.out_dir), Path(params.eval.out_dir)
+    model, trained = load_trained_model(train_dir)
+    # The model's own params fix its architecture and input size; evaluation settings come from now.
+    scoring = trained.model_copy(update={"eval": params.eval, "mlflow": params.mlflow})
+    metrics = run_evaluation(model, scoring, Path(params.data.prepared_dir), zero_shot_sets(params), out_dir,
+                             progress=not args.no_progress)
+    run_file = train_dir / RUN_FILE
+    run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    if params.mlflow.enabled and run_info.get("run_id"):
+        from pipeline.tracking.tracked_training import log_evaluation
+
+        log_evaluation(run_info["run_id"], metrics, out_dir, tracking_uri=run_info["tracking_uri"])
+    test = metrics["test"]
+    print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; "
+          f"report: {out_dir / 'report.md'}")
+
+
+@command("register")
+def _register(params: Params, args: argparse.Namespace) -> None:
+    from registry.register import register_candidate, write_registration
+
+    registration = register_candidate(Path(params.train.out_dir) / RUN_FILE,
+                                      Path(params.eval.out_dir) / "metrics.json", params.mlflow.registered_model)
+    write_registration(registration, Path(args.output))
+    print(f"registered {registration.name} version {registration.version} (run {registration.run_id}) "
+          f"with alias '{registration.alias}'")
+
+
 @command("count-params")
 def _count_params(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.models.factory import build_model
+    from pipeline.models.factory import build_model, model_label
     from pipeline.tuning import count_parameters
 
-    counts = count_parameters(build_model(params))
+    # Counting needs the architecture only: no checkpoint has to exist yet.
+    counts = count_parameters(build_model(params, load_weights=False))
     if args.json:
         print(json.dumps(counts.as_dict()))
     else:
-        print(f"{params.model.family}/{params.model.variant} tuning={params.tuning.method}: "
+        print(f"{model_label(params)} tuning={params.tuning.method}: "
               f"trainable {counts.trainable:,} of {counts.total:,} ({counts.trainable_percent:.3f}%)")
+
+
+@command("sweep")
+def _sweep(params: Params, args: argparse.Namespace) -> None:
+    from search.backends import run_sweep
+    from search.config import SweepConfig
+    from search.space import load_space
+
+    config = SweepConfig(space=load_space(args.space), base=params, n_trials=args.n_trials, sampler=args.sampler,
+                         pruner=args.pruner, study=args.study, storage=args.storage, seed=args.seed,
+                         address=args.address, overrides=list(args.overrides))
+    run_sweep(args.backend, config)
+
+
+
+def _registry_command(name: str) -> Command:
+    def run(params: Params, args: argparse.Namespace) -> int | None:
+        from registry.commands import HANDLERS
+
+        return HANDLERS[name](params, args)
+
+    return run
+
+
+# Promotion, lineage, comparison and prediction live in registry/commands.py (handlers and parsers).
+for _name in ("promote", "lineage", "compare", "predict"):
+    command(_name)(_registry_command(_name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackops", description="Crack segmentation with SAM: data, training, evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", parents=[common], help="validate, split and resize the dataset in data.source")
+    for name, text in (("embed", "sam_lite: store the SAM teacher's image embeddings (reused while valid)"),
+                       ("distill", "sam_lite: train the TinyViT student on the stored embeddings (MSE)")):
+        stage = sub.add_parser(name, parents=[common], help=text)
+        stage.add_argument("--no-progress", action="store_true", help="no progress bars")
     train = sub.add_parser("train", parents=[common], help="train the model on the prepared data")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="score the trained model on test, corruption and zero-shot sets")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    register = sub.add_parser("register", parents=[common], help="register the evaluated model as 'candidate'")
+    register.add_argument("--output", default="outputs/register/registered.json", help="where to record the version")
     count = sub.add_parser("count-params", parents=[common], help="trainable and total parameters")
     count.add_argument("--json", action="store_true", help='print {"trainable": N, "total": M}')
+    sweep = sub.add_parser("sweep", parents=[common], help="hyperparameter sweep over a search space (resumable)")
+    sweep.add_argument("space", help="a shipped space (search/spaces/<name>.yaml, e.g. sac-config3) or a YAML file")
+    sweep.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="default: optuna")
+    sweep.add_argument("--n-trials", type=int, default=None,
+                       help="complete + pruned trials to reach (default: the drawn grid points, else 20)")
+    sweep.add_argument("--sampler", choices=["grid-fraction", "random", "tpe"], default=None,
+                       help="default: the space's own")
+    sweep.add_argument("--pruner", choices=["none", "median", "asha"], default=None,
+                       help="default: none for grid-fraction, median otherwise")
+    sweep.add_argument("--study", default=None, help="study name (default: the space's name); reuse it to resume")
+    sweep.add_argument("--storage", default="sqlite:///sweeps.db",
+                       help="Optuna storage URL (default: sqlite:///sweeps.db; PostgreSQL for several workers)")
+    sweep.add_argument("--seed", type=int, default=0, help="grid draw and sampler seed (default: 0)")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (ray backend only)")
+    from registry.commands import add_parsers
+
+    add_parsers(sub, common)  # promote, lineage, compare, predict
     return parser
 
 

@@ -6,6 +6,7 @@ all use the dotted names defined here (``train.lr``, ``tuning.lora.rank``, ...).
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,10 @@ class DataParams(_Section):
     synthetic: SyntheticParams = SyntheticParams()
     augment: AugmentParams = AugmentParams()
     num_workers: int = Field(0, ge=0)
+    # Limited supervision (lightweight-SAM study): a seeded subset of the train split.
+    train_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    shots_per_dataset: int | None = Field(None, ge=1)
+    dataset_pattern: str | None = None  # regex naming a training stem's source dataset (first group)
 
     @field_validator("img_size")
     @classmethod
@@ -54,11 +59,33 @@ class DataParams(_Section):
             raise ValueError(f"must be a multiple of 16 (SAM's patch size), got {value}")
         return value
 
+    @field_validator("dataset_pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression ({error})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_subset_rule(self) -> "DataParams":
+        if self.train_fraction is not None and self.shots_per_dataset is not None:
+            raise ValueError("set data.train_fraction or data.shots_per_dataset, not both")
+        return self
+
+
+MODEL_FAMILIES = ("sam", "sam_lite", "deeplabv3")
+# The non-SAM families train everything or their head only; SAM's PEFT methods do not apply to them.
+HEAD_FAMILY_METHODS = ("full", "decoder")
+
 
 class ModelParams(_Section):
-    family: Literal["sam"] = "sam"
-    variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"
-    checkpoint: str | None = None
+    family: Literal["sam", "sam_lite", "deeplabv3"] = "sam"
+    variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"  # SAM (family sam) only
+    checkpoint: str | None = None  # sam: official SAM checkpoint; deeplabv3: torchvision state dict
+    student_checkpoint: str | None = "outputs/distill/student.safetensors"  # sam_lite: distilled student
 
 
 LoraTarget = Literal["qkv", "q", "k", "v", "proj", "lin1", "lin2"]
@@ -105,9 +132,9 @@ class TuningParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0)
     weight_decay: float = Field(5e-5, ge=0.0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -143,6 +170,81 @@ class EvalParams(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     tolerance: int = Field(2, ge=0)
     n_thresholds: int = Field(99, ge=2)
+    batch_size: int = Field(4, ge=1)
+    blur_kernels: list[int] = [1, 5, 9, 13, 17, 21]
+    zero_shot: list[str] = ["synthetic-masonry"]
+    n_overlays: int = Field(4, ge=0)
+    out_dir: str = "outputs/eval"
+
+    @field_validator("blur_kernels")
+    @classmethod
+    def _odd_kernels(cls, value: list[int]) -> list[int]:
+        bad = [k for k in value if k < 1 or (k > 1 and k % 2 == 0)]
+        if bad:
+            raise ValueError(f"blur kernels must be 1 (no blur) or odd sizes >= 3, got {bad}")
+        return value
+
+
+class DistillParams(_Section):
+    """Lightweight SAM: the frozen SAM teacher, the image set and the student's MSE training."""
+
+    teacher_variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"
+    teacher_checkpoint: str | None = None
+    teacher_img_size: int | None = Field(None, ge=32)  # None: data.img_size (the study: 1024)
+    images: str | None = None  # None: the prepared train split; else a folder of images (no masks)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    shard_size: int = Field(64, ge=1)  # embeddings per safetensors shard
+    out_dir: str = "outputs/distill"
+
+    @field_validator("teacher_img_size")
+    @classmethod
+    def _multiple_of_patch(cls, value: int | None) -> int | None:
+        if value is not None and value % 16:
+            raise ValueError(f"must be a multiple of 16 (SAM's patch size), got {value}")
+        return value
+
+
+class MlflowParams(_Section):
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "crackops"
+    registered_model: str = "crack-segmenter"
+
+
+class RayParams(_Section):
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    max_concurrent_trials: int = Field(2, ge=1)
+    storage_path: str = "sweeps/ray"
+
+
+class SweepParams(_Section):
+    ray: RayParams = RayParams()
+
+
+MetricKey = Literal["precision", "recall", "f1", "iou", "ods", "ois", "ap"]
+
+
+class PromoteParams(_Section):
+    """The promotion gate of ``crackops promote`` (registry/gate.py)."""
+
+    primary_metric: str = "test.f1"  # <set>.<metric> in metrics.json, e.g. test.iou or zero_shot.mean.iou
+    margin: float = 0.0  # the candidate's primary score must reach the champion's + margin
+    tolerance: float = Field(0.02, ge=0.0)  # largest allowed drop on any corruption or zero-shot set
+    floor: float = 0.0  # the first champion needs at least this primary score
+    zero_shot_metric: MetricKey = "iou"  # zero-shot sets compare on IoU, as the SAC study reports them
+    corruption_metric: MetricKey = "f1"  # corruption sets compare on F1, as CrackSAM reports them
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if "." not in value.strip("."):
+            raise ValueError(f"must name a set and a metric, like test.f1, got {value!r}")
+        return value
 
 
 class Params(_Section):
@@ -152,6 +254,18 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     loss: LossParams = LossParams()
     eval: EvalParams = EvalParams()
+    distill: DistillParams = DistillParams()
+    mlflow: MlflowParams = MlflowParams()
+    sweep: SweepParams = SweepParams()
+    promote: PromoteParams = PromoteParams()
+
+    @model_validator(mode="after")
+    def _tuning_fits_family(self) -> "Params":
+        family, method = self.model.family, self.tuning.method
+        if family != "sam" and method not in HEAD_FAMILY_METHODS:
+            raise ValueError(f"tuning.method {method!r} is a SAM method; model.family {family!r} takes "
+                             "tuning.method full (everything) or decoder (the head only)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict with the public (aliased) key names, as in ``params.yaml``."""
@@ -189,10 +303,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``tree`` with each ``key=value`` override set at its dotted path."""
+    return set_values(tree, dict(parse_override(text) for text in overrides))
+
+
+def set_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with each dotted key set to its (already parsed) value."""
     tree = copy.deepcopy(tree)
     defaults = Params().to_dict()
-    for text in overrides:
-        key, value = parse_override(text)
+    for key, value in values.items():
         node, default = tree, defaults
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):

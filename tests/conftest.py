@@ -15,3 +15,28 @@ def cfd_root() -> Path:
     if not CFD.exists():
         pytest.skip("CrackForest sample not found at ../shared/data/cfd (it ships beside the repo in CI, not in a user's clone)")
     return CFD
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset small enough to train on in about a second per epoch."""
+    from pipeline.data import generate_dataset, prepare_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root / "raw", n_images=16, size=64, seed=0)
+    prepare_dataset(root / "raw", root / "prepared", img_size=64, val_fraction=0.25, test_fraction=0.25, seed=0)
+    return root / "prepared"
+
+
+@pytest.fixture
+def tiny_params(tiny_prepared):
+    """Factory: params for a 64x64 vit_tiny run on the tiny dataset with MLflow off, plus overrides."""
+    from pipeline.params import load_params
+
+    def make(*overrides: str):
+        return load_params("missing.yaml", [
+            "data.img_size=64", f"data.prepared_dir={tiny_prepared}", "train.epochs=2", "train.batch_size=4",
+            "mlflow.enabled=false", *overrides,
+        ])
+
+    return make

@@ -56,8 +56,12 @@ def prepare_dataset(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    test_only: bool = False,
 ) -> dict[str, Any]:
-    """Validate ``source``, split it, write resized PNGs and ``manifest.json`` to ``out_dir``."""
+    """Validate ``source``, split it, write resized PNGs and ``manifest.json`` to ``out_dir``.
+
+    ``test_only`` puts every pair into ``test/``: evaluation-only sets such as zero-shot domains.
+    """
     source, out_dir = Path(source), Path(out_dir)
     if img_size < 1:
         raise ValueError(f"img_size must be >= 1, got {img_size}")
@@ -68,7 +72,10 @@ def prepare_dataset(
 
     found = discover_pairs(source)
     report = validate_pairs([p for pairs in found.values() for p in pairs], root=source)
-    splits = _assign_splits(found, val_fraction, test_fraction, seed)
+    if test_only:
+        splits = {"test": sorted((p for pairs in found.values() for p in pairs), key=lambda p: p.stem)}
+    else:
+        splits = _assign_splits(found, val_fraction, test_fraction, seed)
     for name, pairs in splits.items():
         if not pairs:
             raise DatasetError(f"split {name!r} of {source} is empty")

@@ -11,7 +11,8 @@ from pipeline.params import DataParams, Params
 
 SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_DOMAIN = "pavement"
-ZERO_SHOT_DOMAIN = "masonry"
+ZERO_SHOT_ROOT = Path("data/zero_shot")
+SYNTHETIC_ZERO_SHOT = "synthetic-masonry"
 
 
 def synthetic_dataset(data: DataParams, domain: str, n_images: int, seed_offset: int = 0) -> Path:
@@ -39,8 +40,34 @@ def resolve_source(data: DataParams) -> Path:
     return folder
 
 
+def zero_shot_sets(params: Params) -> dict[str, Path]:
+    """Prepared folder of each ``eval.zero_shot`` entry, keyed by its set name."""
+    sets: dict[str, Path] = {}
+    for entry in params.eval.zero_shot:
+        name = entry if entry == SYNTHETIC_ZERO_SHOT else Path(entry).name
+        if name in sets:
+            raise DatasetError(f"eval.zero_shot: two entries are named {name!r}; rename one folder")
+        sets[name] = ZERO_SHOT_ROOT / name
+    return sets
+
+
+def _zero_shot_source(data: DataParams, entry: str) -> Path:
+    if entry == SYNTHETIC_ZERO_SHOT:
+        # A different seed stream from the training domain, so no image repeats across them.
+        return synthetic_dataset(data, "masonry", data.synthetic.zero_shot_images, seed_offset=1)
+    folder = Path(entry)
+    if not folder.exists():
+        raise DatasetError(f"eval.zero_shot: dataset folder {folder} does not exist")
+    return folder
+
+
 def prepare_from_params(params: Params) -> dict:
-    """Validate, split and resize ``data.source`` into ``data.prepared_dir``; return the manifest."""
+    """Prepare ``data.source`` into ``data.prepared_dir`` and each zero-shot set; return the manifest."""
     data = params.data
-    return prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
-                           data.val_fraction, data.test_fraction, data.seed)
+    manifest = prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
+                               data.val_fraction, data.test_fraction, data.seed)
+    for (name, folder), entry in zip(zero_shot_sets(params).items(), params.eval.zero_shot):
+        zero_shot = prepare_dataset(_zero_shot_source(data, entry), folder, data.img_size,
+                                    data.val_fraction, data.test_fraction, data.seed, test_only=True)
+        manifest.setdefault("zero_shot", {})[name] = zero_shot["counts"]["test"]
+    return manifest

@@ -14,9 +14,28 @@ def build_model(params: Params, load_weights: bool = True) -> nn.Module:
     """A crack segmenter taking (B, 3, S, S) images in [0, 1] and returning (B, 1, S, S) logits.
 
     ``load_weights=False`` skips the pretrained checkpoint, for rebuilding a trained model whose
-    full state dict is loaded afterwards.
+    full state dict is loaded afterwards. ``model.family`` picks SAM (``sam``), the distilled
+    lightweight SAM (``sam_lite``) or DeepLabV3-ResNet101 (``deeplabv3``).
     """
+    if params.model.family == "sam_lite":
+        from pipeline.models.sam_lite import build_sam_lite
+
+        return build_sam_lite(params, load_weights)
+    if params.model.family == "deeplabv3":
+        from pipeline.models.deeplab import build_deeplabv3
+
+        return build_deeplabv3(params, load_weights)
     sam = build_sam(params.model.variant, params.data.img_size)
     if load_weights and params.model.checkpoint:
         load_sam_checkpoint(sam, params.model.checkpoint, params.model.variant)
     return apply_tuning(PromptFreeSam(sam), params.tuning)
+
+
+def model_label(params: Params) -> str:
+    """``family/architecture`` for logs: ``sam/vit_b``, ``sam_lite/tiny_vit_5m``, ``deeplabv3/resnet101``."""
+    family = params.model.family
+    if family == "sam_lite":
+        return "sam_lite/tiny_vit_5m"
+    if family == "deeplabv3":
+        return "deeplabv3/resnet101"
+    return f"{family}/{params.model.variant}"

@@ -10,9 +10,11 @@ import io
 import json
 import shutil
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.data import CrackDataset, build_train_augmentation, load_manifest
+from pipeline.data.limited import is_limited, limited_training_stems
 from pipeline.losses import build_loss
-from pipeline.models.factory import build_model
+from pipeline.models.factory import build_model, model_label
 from pipeline.models.trained import save_trained_model
 from pipeline.params import Params
 from pipeline.training.callbacks import Callback, FitResult, PrintCallback
@@ -33,6 +36,9 @@ from pipeline.tuning import ParameterCount, count_parameters
 
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+SUBSET_FILE = "train_stems.json"  # the limited-supervision training set, when one is selected
+# Set by `resume_dir`: where a training without outputs keeps its resumable state.
+_RESUME_DIR: ContextVar[Path | None] = ContextVar("crackops_resume_dir", default=None)
 
 
 @dataclass
@@ -47,15 +53,40 @@ class TrainOutcome:
 def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
     """Train loader (augmented, shuffled with a seeded generator) and validation loader."""
     prepared = Path(params.data.prepared_dir)
-    load_manifest(prepared)  # fails early, naming the folder, if prepare has not run
-    aug = params.data.augment
-    train_set = CrackDataset(prepared / "train", transform=build_train_augmentation(aug.flip, aug.rotate, aug.color_blur))
+    manifest = load_manifest(prepared)  # fails early, naming the folder, if prepare has not run
+    data, aug = params.data, params.data.augment
+    # data.train_fraction / data.shots_per_dataset: the seeded few-shot subset (None = every image).
+    stems = limited_training_stems(list(manifest["splits"].get("train", [])), data.train_fraction,
+                                   data.shots_per_dataset, data.seed, data.dataset_pattern)
+    train_set = CrackDataset(prepared / "train", transform=build_train_augmentation(aug.flip, aug.rotate, aug.color_blur),
+                             stems=stems)
     val_set = CrackDataset(prepared / "val")
     generator = torch.Generator().manual_seed(params.train.seed)
     common = {"batch_size": params.train.batch_size, "num_workers": params.data.num_workers}
     train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > params.train.batch_size,
                               generator=generator, **common)
     return train_loader, DataLoader(val_set, shuffle=False, **common)
+
+
+def _training_subset(params: Params, train_loader: DataLoader) -> dict | None:
+    """Record of the few-shot training set (None when training on the whole split), also sent to
+    the active MLflow run, so that a 1%-shot or one-shot result names the images it learnt from."""
+    data = params.data
+    if not is_limited(data.train_fraction, data.shots_per_dataset):
+        return None
+    stems = list(train_loader.dataset.stems)
+    subset = {"train_fraction": data.train_fraction, "shots_per_dataset": data.shots_per_dataset,
+              "seed": data.seed, "dataset_pattern": data.dataset_pattern, "count": len(stems), "stems": stems}
+    print(f"limited supervision: training on {len(stems)} images: {', '.join(stems[:10])}"
+          + (" ..." if len(stems) > 10 else ""), flush=True)
+    if params.mlflow.enabled:
+        import mlflow
+
+        # Tracked training holds a run open around this call; a bare train_from_params has none.
+        if mlflow.active_run() is not None:
+            mlflow.log_dict(subset, SUBSET_FILE)
+            mlflow.log_param("data.train_images", len(stems))
+    return subset
 
 
 def params_digest(params: Params) -> str:
@@ -71,9 +102,25 @@ def _history_csv(result: FitResult) -> str:
     return buffer.getvalue()
 
 
-def _work_dir(out_dir: Path, params: Params) -> Path:
-    """Resume state lives beside the outputs; it is dropped when the params changed."""
-    work = out_dir.with_name(out_dir.name + ".partial")
+@contextmanager
+def resume_dir(path: Path) -> Iterator[Path]:
+    """Trainings started inside without ``out_dir`` keep ``last.pt``/``best.pt`` in ``path`` and resume
+    from them (a Ray Tune trial restores its checkpoint there); the caller owns the folder."""
+    token = _RESUME_DIR.set(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _RESUME_DIR.reset(token)
+
+
+def _work_dir(out_dir: Path | None, params: Params) -> Path | None:
+    """Resume state lives beside the outputs (or in :func:`resume_dir`); it is dropped when the params changed."""
+    if out_dir is None:
+        work = _RESUME_DIR.get()
+        if work is None:
+            return None
+    else:
+        work = out_dir.with_name(out_dir.name + ".partial")
     digest_file = work / "params.sha256"
     digest = params_digest(params)
     if work.exists() and (not digest_file.is_file() or digest_file.read_text() != digest):
@@ -95,14 +142,15 @@ def train_from_params(
     train_loader, val_loader = build_loaders(params)
     model = build_model(params).to(device)
     parameters = count_parameters(model)
-    print(f"model {params.model.family}/{params.model.variant} tuning={params.tuning.method}: "
+    subset = _training_subset(params, train_loader)
+    print(f"model {model_label(params)} tuning={params.tuning.method}: "
           f"{parameters.trainable:,} trainable of {parameters.total:,} parameters "
           f"({parameters.trainable_percent:.3f}%) on {device}", flush=True)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], params.train)
     schedule = LrSchedule(optimizer, params.train, steps_per_epoch=len(train_loader))
     loss = params.loss
     loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma)
-    work = _work_dir(out_dir, params) if out_dir else None
+    work = _work_dir(out_dir, params)
     config = LoopConfig(
         epochs=params.train.epochs, seed=params.train.seed, threshold=params.eval.threshold,
         early_stopping_patience=params.train.early_stopping_patience, precision=params.train.precision,
@@ -115,6 +163,8 @@ def train_from_params(
     if out_dir:
         with atomic_dir(out_dir) as tmp:
             save_trained_model(model, params, tmp)
+            if subset is not None:
+                write_json(tmp / SUBSET_FILE, subset)
             (tmp / HISTORY_FILE).write_text(_history_csv(result))
             write_json(tmp / METRICS_FILE, {
                 "best_epoch": result.best_epoch + 1, "epochs_run": len(result.history),

@@ -1,0 +1,118 @@
+"""Markdown report of an evaluation: a pure function of the results, no file access."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+# (metrics.json key, column header) of the main table.
+COLUMNS = (
+    ("precision", "P"), ("recall", "R"), ("f1", "F1"), ("iou", "IoU"), ("ods", "ODS"), ("ois", "OIS"), ("ap", "AP"),
+)
+SECTIONS = ("test", "blur_sweep", "zero_shot")
+SUMMARY_KEYS = ("mean", "std")
+NOTES = {
+    "test": "in-distribution test split",
+    "low_light_blur": "HSV value −50, then a 9×9 Gaussian blur (CrackSAM robustness set 1)",
+    "blur_down_up": "21×21 Gaussian blur, then bicubic down to half size and back up (CrackSAM robustness set 2)",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _row(label: str, n: int | None, values: list[str]) -> str:
+    return "| " + " | ".join([_cell(label), "" if n is None else str(n), *values]) + " |"
+
+
+def _metric_row(label: str, n: int | None, metrics: Mapping[str, float]) -> str:
+    return _row(label, n, [f"{metrics[key]:.4f}" for key, _ in COLUMNS])
+
+
+def corruption_names(metrics: Mapping[str, Any]) -> list[str]:
+    """The corruption sets in a metrics.json tree: every top-level key but the fixed sections."""
+    return [key for key in metrics if key not in SECTIONS]
+
+
+def zero_shot_names(metrics: Mapping[str, Any]) -> list[str]:
+    return [key for key in metrics.get("zero_shot", {}) if key not in SUMMARY_KEYS]
+
+
+def _main_table(metrics: Mapping[str, Any], n_images: Mapping[str, int]) -> list[str]:
+    lines = ["| Set | Images | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines.append(_metric_row("test", n_images.get("test"), metrics["test"]))
+    for name in corruption_names(metrics):
+        lines.append(_metric_row(name, n_images.get(name), metrics[name]))
+    zero_shot = metrics.get("zero_shot", {})
+    names = zero_shot_names(metrics)
+    for name in names:
+        lines.append(_metric_row(f"zero-shot: {name}", n_images.get(name), zero_shot[name]))
+    if names:
+        mean, std = zero_shot["mean"], zero_shot["std"]
+        values = [f"{mean[key]:.4f} ± {std[key]:.4f}" for key, _ in COLUMNS]
+        lines.append(_row(f"**zero-shot mean ± std** ({len(names)} sets)", None, values))
+    return lines
+
+
+def _blur_table(sweep: Mapping[str, Mapping[str, float]]) -> list[str]:
+    lines = ["| Kernel | F1 | IoU |", "|---:|---:|---:|"]
+    for key, scores in sweep.items():
+        kernel = key.removeprefix("k")
+        label = f"{kernel} (none)" if kernel == "1" else f"{kernel}×{kernel}"
+        lines.append(f"| {label} | {scores['f1']:.4f} | {scores['iou']:.4f} |")
+    return lines
+
+
+def render_report(
+    metrics: Mapping[str, Any],
+    *,
+    threshold: float,
+    tolerance: int,
+    n_thresholds: int,
+    n_images: Mapping[str, int],
+    overlays: Mapping[str, list[str]],
+    plots: Mapping[str, str],
+    title: str = "Evaluation report",
+    subtitle: str = "",
+) -> str:
+    """Markdown for a metrics.json tree; ``overlays`` and ``plots`` hold paths relative to the report.
+
+    ``overlays`` maps a set name to its panel images, ``plots`` a caption to a plot image.
+    """
+    n_zero_shot = len(zero_shot_names(metrics))
+    lines = [f"# {title}", ""]
+    if subtitle:
+        lines += [subtitle, ""]
+    lines += [
+        f"- **P, R, F1, IoU** at threshold **{threshold:g}**, from TP/FP/FN summed over every pixel of "
+        "every image of a set (dataset level, not a mean of per-image scores).",
+        f"- **ODS, OIS, AP** with a **{tolerance}-pixel** tolerance over {n_thresholds} thresholds in (0, 1): "
+        "a predicted pixel within the tolerance of a crack is a true positive; misses are counted "
+        "against the original mask. ODS is the best dataset-level F at one threshold, OIS the mean "
+        "of each image's best F.",
+        "- Corrupted sets change the test images only, never the masks: "
+        + "; ".join(f"`{name}`: {NOTES.get(name, 'corrupted test split')}" for name in corruption_names(metrics))
+        + ".",
+    ]
+    if n_zero_shot:
+        plural = "s" if n_zero_shot > 1 else ""
+        lines.append(f"- Zero-shot mean ± std over {n_zero_shot} set{plural}, as in the SAC paper; std is the "
+                     "**population** standard deviation (ddof=0), so a single set has std 0.")
+    lines += ["", "## Scores", "", *_main_table(metrics, n_images), ""]
+
+    if metrics.get("blur_sweep"):
+        lines += ["## Blur sweep", "", "Gaussian blur of the test images, kernel k×k (OpenCV's sigma for k).", "",
+                  *_blur_table(metrics["blur_sweep"]), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for caption, path in plots.items():
+            lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
+    if any(overlays.values()):
+        legend = f"Each panel: image | ground truth (red) | prediction at threshold {threshold:g} (red)."
+        lines += ["## Overlays", "", legend, ""]
+        for name, paths in overlays.items():
+            if not paths:
+                continue
+            lines += [f"### {name}", ""]
+            lines += [f"![{path.rsplit('/', 1)[-1].removesuffix('.png')}]({path})  " for path in paths]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,83 @@
+"""Overlapping tiles for images larger than the model's input: bounded memory, seamless blending.
+
+A pure function of the image and a tile predictor: each ``tile`` x ``tile`` crop (clipped to the
+image) goes to ``predict``, and the probability maps are blended with a raised-cosine window
+that fades over the ``overlap``, normalised by the summed window weights. A per-pixel model
+therefore gives exactly its whole-image result, whatever the tiling.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+TILE_FACTOR = 2  # default tile = 2 x the model's img_size: the scale of the ~500 px photos it learns from
+OVERLAP_FRACTION = 0.25
+WINDOW_FLOOR = 1e-3  # image borders are covered by one tile only; their weight must stay above 0
+TilePredictor = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
+
+
+def default_tile(img_size: int) -> int:
+    return img_size * TILE_FACTOR
+
+
+def default_overlap(tile: int) -> int:
+    return int(tile * OVERLAP_FRACTION)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets along one axis: the fewest tiles that overlap by at least ``overlap``, evenly spread,
+    the first flush with the start and the last with the end."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(y, x, h, w)`` of every tile, row by row; they cover the image, clipped to its size."""
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile {tile}, overlap {overlap}")
+    h, w = min(tile, height), min(tile, width)
+    return [(y, x, h, w) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+def ramp_window(length: int, overlap: int) -> np.ndarray:
+    """1-D weights: 1 in the middle, raised-cosine fades of ``overlap`` samples at both ends."""
+    window = np.ones(length, dtype=np.float32)
+    n = min(overlap, length // 2)
+    if n > 0:
+        ramp = (0.5 - 0.5 * np.cos(math.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+        window[:n], window[length - n:] = ramp, ramp[::-1]
+    return np.maximum(window, WINDOW_FLOOR)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def tiled_probabilities(
+    image: np.ndarray, predict: TilePredictor, tile: int, overlap: int, batch_size: int = 4
+) -> np.ndarray:
+    """Probability map (float32, HxW) of ``image`` (HxWxC) predicted tile by tile.
+
+    ``predict`` gets at most ``batch_size`` crops at a time, none larger than ``tile`` on a side,
+    and returns one HxW probability map per crop, at the crop's size. Besides the image, memory
+    holds two HxW float32 accumulators and one batch of tiles.
+    """
+    height, width = image.shape[:2]
+    total = np.zeros((height, width), dtype=np.float32)
+    weight = np.zeros((height, width), dtype=np.float32)
+    windows: dict[tuple[int, int], np.ndarray] = {}
+    for batch in _batches(tile_boxes(height, width, tile, overlap), max(1, batch_size)):
+        probs = predict([image[y:y + h, x:x + w] for y, x, h, w in batch])
+        for (y, x, h, w), prob in zip(batch, probs):
+            if prob.shape != (h, w):
+                raise ValueError(f"tile predictor returned shape {prob.shape} for a {h}x{w} tile")
+            if (h, w) not in windows:
+                windows[(h, w)] = np.outer(ramp_window(h, overlap), ramp_window(w, overlap))
+            total[y:y + h, x:x + w] += prob * windows[(h, w)]
+            weight[y:y + h, x:x + w] += windows[(h, w)]
+    return total / weight

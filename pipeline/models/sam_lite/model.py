@@ -1,0 +1,87 @@
+"""Student + crack head as one crack segmenter, built from params with the distilled student loaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.models.head_tuning import apply_head_tuning, freeze_frozen_batchnorm
+from pipeline.models.sam_lite.crack_head import CrackHead
+from pipeline.models.sam_lite.student import SAM_PATCH, SamLiteStudent
+from pipeline.params import Params
+
+# Metadata key of the stand-in file the distill stage writes when model.family is not sam_lite.
+PLACEHOLDER_KEY = "crackops.placeholder"
+DISTILL_HINT = ("run `crackops embed -S model.family=sam_lite` then `crackops distill -S model.family=sam_lite` "
+                "(or `dvc repro` with model.family: sam_lite), or set model.student_checkpoint: null to "
+                "start from a random student")
+
+
+class SamLiteSegmenter(nn.Module):
+    """Images (B, 3, S, S) in [0, 1] -> crack logits (B, 1, S, S): student embeddings, then the head."""
+
+    def __init__(self, student: SamLiteStudent, head: CrackHead) -> None:
+        super().__init__()
+        self.student = student
+        self.head = head
+
+    @property
+    def img_size(self) -> int:
+        return self.student.img_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.student(images), tuple(images.shape[-2:]))
+
+    def train(self, mode: bool = True) -> "SamLiteSegmenter":
+        super().train(mode)
+        if mode:
+            freeze_frozen_batchnorm(self)
+        return self
+
+
+def teacher_img_size(params: Params) -> int:
+    """The size the SAM teacher saw: ``distill.teacher_img_size``, else ``data.img_size``."""
+    return params.distill.teacher_img_size or params.data.img_size
+
+
+def embedding_grid(params: Params) -> int:
+    """Side of the teacher's embedding grid, which the student is trained to reproduce."""
+    return teacher_img_size(params) // SAM_PATCH
+
+
+def load_student_weights(student: SamLiteStudent, path: str | Path) -> SamLiteStudent:
+    """Load a distilled student (``crackops distill`` output); errors say how to produce one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"distilled student not found: {path}; {DISTILL_HINT}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"cannot read distilled student {path}: {error}") from None
+    if PLACEHOLDER_KEY in metadata:
+        raise CheckpointError(f"{path} is a placeholder ({metadata[PLACEHOLDER_KEY]}), not a distilled student; "
+                              f"{DISTILL_HINT}")
+    expected = student.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"{path} does not fit the sam_lite student: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shape {mismatched[:5]}")
+    student.load_state_dict(state)
+    return student
+
+
+def build_sam_lite(params: Params, load_weights: bool = True) -> SamLiteSegmenter:
+    """The sam_lite segmenter; ``load_weights`` loads ``model.student_checkpoint`` when set."""
+    student = SamLiteStudent(params.data.img_size, embedding_grid(params))
+    if load_weights and params.model.student_checkpoint:
+        load_student_weights(student, params.model.student_checkpoint)
+    model = SamLiteSegmenter(student, CrackHead())
+    return apply_head_tuning(model, model.head, params.tuning.method, params.model.family)

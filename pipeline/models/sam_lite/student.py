@@ -1,0 +1,67 @@
+"""The distillation student: timm's TinyViT-5M giving SAM-shaped image embeddings, as MobileSAM does."""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
+from torch import nn
+
+TIMM_MODEL = "tiny_vit_5m_224"
+EMBED_CHANNELS = 256  # SAM's image-embedding width, what the teacher's neck outputs
+SAM_PATCH = 16  # SAM's embedding grid is the input size over 16
+# SAM's own pixel statistics (0-255 scale): the student sees images exactly as the teacher does.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def _keep_last_stage_resolution(backbone: nn.Module) -> None:
+    # TinyViT ends at stride 32; MobileSAM drops the last merge's stride so that the final stage
+    # runs at stride 16, SAM's embedding grid. Weight shapes do not change.
+    merge = backbone.stages[-1].downsample
+    merge.conv2.conv.stride = (1, 1)
+
+
+class SamLiteStudent(nn.Module):
+    """Images (B, 3, S, S) in [0, 1] -> embeddings (B, 256, G, G) on the teacher's grid G.
+
+    TinyViT's four stages (classifier dropped), the last at stride 16 as in MobileSAM, then SAM's
+    neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) to 256 channels. When the teacher ran at
+    another size than the student (e.g. teacher at 1024, student at 256), the embeddings are
+    resampled bilinearly to the teacher's grid ``embed_grid``.
+
+    timm's TinyViT is resolution-free (windowed attention with padding), so ``img_size`` is not a
+    constructor argument there; it is kept here to check inputs and derive the native grid.
+    """
+
+    def __init__(self, img_size: int, embed_grid: int | None = None) -> None:
+        super().__init__()
+        if img_size % SAM_PATCH:
+            raise ValueError(f"img_size must be a multiple of {SAM_PATCH}, got {img_size}")
+        self.img_size = img_size
+        self.embed_grid = embed_grid or img_size // SAM_PATCH
+        backbone = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=0)
+        _keep_last_stage_resolution(backbone)
+        self.patch_embed = backbone.patch_embed
+        self.stages = backbone.stages
+        width = backbone.num_features
+        self.neck = nn.Sequential(
+            nn.Conv2d(width, EMBED_CHANNELS, kernel_size=1, bias=False),
+            LayerNorm2d(EMBED_CHANNELS),
+            nn.Conv2d(EMBED_CHANNELS, EMBED_CHANNELS, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(EMBED_CHANNELS),
+        )
+        # Not persistent: constants of the method, not weights to ship.
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = tuple(images.shape[-2:])
+        if size != (self.img_size, self.img_size):
+            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {size}")
+        x = (images * 255.0 - self.pixel_mean) / self.pixel_std
+        x = self.stages(self.patch_embed(x))
+        x = self.neck(x)
+        if x.shape[-1] != self.embed_grid or x.shape[-2] != self.embed_grid:
+            x = F.interpolate(x, size=(self.embed_grid, self.embed_grid), mode="bilinear", align_corners=False)
+        return x

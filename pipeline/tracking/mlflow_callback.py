@@ -1,0 +1,43 @@
+"""Per-epoch metrics to MLflow, cheap enough not to slow training."""
+from __future__ import annotations
+
+import logging
+
+import mlflow
+from mlflow.utils.async_logging.run_operations import RunOperations
+
+from pipeline.training.callbacks import Callback, EpochResult, FitResult
+
+logger = logging.getLogger(__name__)
+
+
+class MlflowCallback(Callback):
+    """Log ``EpochResult.metrics()`` at ``step = epoch + 1``: one batched call per epoch.
+
+    Logging is asynchronous so a slow or remote tracking server never stalls the loop;
+    :meth:`flush` (called at train end, and by tracked training on failure) waits for it.
+    """
+
+    def __init__(self, run_id: str, synchronous: bool = False) -> None:
+        self.run_id = run_id
+        self.synchronous = synchronous
+        self._pending: list[RunOperations] = []
+
+    def on_epoch_end(self, result: EpochResult) -> None:
+        operation = mlflow.log_metrics(result.metrics(), step=result.epoch + 1, run_id=self.run_id,
+                                       synchronous=self.synchronous)
+        if operation is not None:
+            self._pending.append(operation)
+
+    def on_train_end(self, result: FitResult) -> None:
+        # The trained model is written after this hook: a tracking hiccup must not lose it.
+        try:
+            self.flush()
+        except Exception as error:  # noqa: BLE001 - any store failure is only a warning here
+            logger.warning("some epoch metrics did not reach MLflow: %s", error)
+
+    def flush(self) -> None:
+        """Wait until every queued metric is stored; raises what the store raised."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()

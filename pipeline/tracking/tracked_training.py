@@ -1,0 +1,227 @@
+"""Training as an MLflow run: params, lineage, dataset, per-epoch metrics, the model and overlays.
+
+``crackops train`` and sweep trials (``nested=True``) call :func:`train_with_tracking`; the
+evaluate stage adds its scores to the same run with :func:`log_evaluation`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import numbers
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
+from mlflow.utils.time import get_current_time_millis
+
+from pipeline.atomic import write_json
+from pipeline.data import CrackDataset, load_manifest
+from pipeline.params import Params
+from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest
+from pipeline.tracking.mlflow_callback import MlflowCallback
+from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
+from pipeline.tracking.setup import configure
+from pipeline.training.callbacks import Callback, FitResult
+from pipeline.training.run import HISTORY_FILE, METRICS_FILE, TrainOutcome, train_from_params
+from pipeline.visualize import overlay_panel
+
+RUN_FILE = "mlflow_run.json"
+MODEL_NAME = "model"
+OVERLAY_DIR = "overlays"
+EVALUATION_DIR = "evaluation"
+MAX_DATASET_DIGEST = 36  # MLflow's column width; the full digest is the data.manifest_sha256 tag
+# Stopped on purpose (Ctrl-C, SIGTERM handlers, a sweep pruner), not broken: KILLED, not FAILED.
+KILLED_ERRORS = ("KeyboardInterrupt", "SystemExit", "TrialPruned")
+_METRIC_NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def lineage_tags(params: Params) -> dict[str, str]:
+    """Code, data and model identity of a run, as MLflow tags (the registry copies some of them)."""
+    tags = {
+        "model.family": params.model.family,
+        "model.variant": params.model.variant,
+        "tuning.method": params.tuning.method,
+        "data.source": params.data.source,
+        "data.manifest_sha256": manifest_digest(params.data.prepared_dir),
+    }
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(git_dirty()).lower()
+        tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
+    dvc_md5 = dvc_output_hash(params.data.prepared_dir)
+    if dvc_md5:
+        tags["data.dvc_md5"] = dvc_md5
+    return tags
+
+
+def param_values(params: Params) -> dict[str, Any]:
+    """``params.flat()`` with lists as JSON strings (``["q", "v"]``), as MLflow stores text."""
+    return {key: (json.dumps(value) if isinstance(value, list) else value)
+            for key, value in params.flat().items()}
+
+
+def _dataset_name(source: str) -> str:
+    return source if source == "synthetic" else Path(source).resolve().name
+
+
+def _dataset(params: Params, digest: str) -> MetaDataset:
+    prepared = Path(params.data.prepared_dir).resolve()
+    with warnings.catch_warnings():
+        # MLflow registers two equivalent local sources ("" and "file") and warns about the tie.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(prepared))
+    return MetaDataset(source, name=_dataset_name(params.data.source), digest=digest[:MAX_DATASET_DIGEST])
+
+
+def _log_inputs(params: Params, digest: str) -> None:
+    mlflow.log_params(param_values(params))
+    counts = load_manifest(Path(params.data.prepared_dir)).get("counts", {})
+    mlflow.log_input(_dataset(params, digest), context="training",
+                     tags={f"count.{split}": str(n) for split, n in counts.items()})
+
+
+def summary_metrics(outcome: TrainOutcome) -> dict[str, float]:
+    """Best validation scores (``best_val_f1``, ...), timing and parameter counts of a finished fit."""
+    fit = outcome.fit
+    speeds = [e.images_per_second for e in fit.history if math.isfinite(e.images_per_second)]
+    metrics = {f"best_val_{name}": float(value) for name, value in fit.best_val.items()}
+    metrics.update({
+        "best_epoch": fit.best_epoch + 1,
+        "epochs_run": len(fit.history),
+        "train_seconds": outcome.seconds,
+        "images_per_second": sum(speeds) / len(speeds) if speeds else math.nan,
+        "trainable_params": outcome.parameters.trainable,
+        "total_params": outcome.parameters.total,
+        "trainable_percent": outcome.parameters.trainable_percent,
+    })
+    return metrics
+
+
+def _history_csv(fit: FitResult) -> str:
+    rows = [{"epoch": item.epoch + 1, **item.metrics()} for item in fit.history]
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def log_overlays(params: Params, outcome: TrainOutcome) -> int:
+    """``eval.n_overlays`` validation panels (image | truth | prediction) under ``overlays/``."""
+    n = params.eval.n_overlays
+    if n <= 0:
+        return 0
+    val = CrackDataset(Path(params.data.prepared_dir) / "val")
+    stems, images, truths = val.stems[:n], val.images[:n], val.masks[:n]
+    probs = predict_probabilities(outcome.model, images, params.data.img_size, params.eval.batch_size)
+    for stem, image, truth, prob in zip(stems, images, truths, probs):
+        panel = overlay_panel(image, truth, (prob >= params.eval.threshold).astype("uint8"))
+        mlflow.log_image(panel, artifact_file=f"{OVERLAY_DIR}/{stem}.png")
+    return len(stems)
+
+
+def _log_outputs(params: Params, outcome: TrainOutcome, out_dir: Path | None) -> str | None:
+    """Model, summary metrics, history and overlays; returns the logged model's URI."""
+    model_uri = model_id = None
+    if out_dir is not None:
+        info = log_pyfunc_model(out_dir, MODEL_NAME)
+        model_uri, model_id = info.model_uri, info.model_id
+    # At the last epoch's step: `images_per_second` is also a per-epoch metric, and MLflow shows
+    # the value with the highest step (then the latest), so the run's headline is the mean.
+    # Linked to the logged model too, so MLflow 3's model pages show its scores.
+    mlflow.log_metrics(summary_metrics(outcome), step=len(outcome.fit.history), model_id=model_id)
+    if out_dir is not None:
+        mlflow.log_artifact(str(out_dir / HISTORY_FILE))
+        mlflow.log_artifact(str(out_dir / METRICS_FILE))
+    else:
+        mlflow.log_text(_history_csv(outcome.fit), HISTORY_FILE)
+        mlflow.log_dict(summary_metrics(outcome), METRICS_FILE)
+    log_overlays(params, outcome)
+    return model_uri
+
+
+def _end_interrupted(callback: MlflowCallback, error: BaseException) -> None:
+    """End the active run as KILLED or FAILED, keeping whatever it already logged."""
+    status = "KILLED" if type(error).__name__ in KILLED_ERRORS else "FAILED"
+    try:
+        callback.flush()
+        mlflow.set_tag("crackops.end_reason", f"{type(error).__name__}: {error}"[:500])
+    except Exception:  # noqa: BLE001 - the original error is what the caller must see
+        pass
+    mlflow.end_run(status)
+
+
+def train_with_tracking(
+    params: Params,
+    out_dir: Path | None,
+    nested: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[TrainOutcome, str | None]:
+    """Train like :func:`train_from_params`, recorded as one MLflow run; returns ``(outcome, run_id)``.
+
+    With ``mlflow.enabled: false`` nothing is logged and the run id is None. A training that
+    raises ends its run FAILED (KILLED when interrupted or pruned) and the error propagates.
+    With ``out_dir``, ``out_dir/mlflow_run.json`` names the run and model for later stages.
+    """
+    if not params.mlflow.enabled:
+        return train_from_params(params, callbacks, out_dir, progress), None
+    experiment_id = configure(params.mlflow)
+    lineage = lineage_tags(params)  # fails on missing data before a run exists
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**lineage, **(tags or {})})
+    run_id = run.info.run_id
+    metric_logger = MlflowCallback(run_id)
+    try:
+        _log_inputs(params, lineage["data.manifest_sha256"])
+        outcome = train_from_params(params, [metric_logger, *callbacks], out_dir, progress)
+        model_uri = _log_outputs(params, outcome, out_dir)
+        if out_dir is not None:
+            write_json(Path(out_dir) / RUN_FILE, {
+                "run_id": run_id, "experiment_id": experiment_id,
+                "tracking_uri": mlflow.get_tracking_uri(), "model_uri": model_uri,
+            })
+    except BaseException as error:
+        _end_interrupted(metric_logger, error)
+        raise
+    mlflow.end_run("FINISHED")
+    return outcome, run_id
+
+
+def flatten_metrics(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"test": {"f1": 0.8}}`` -> ``{"test_f1": 0.8}``; non-numeric leaves are dropped."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = _METRIC_NAME_UNSAFE.sub("_", f"{prefix}{key}")
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}_"))
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def log_evaluation(run_id: str, metrics: dict[str, Any], out_dir: Path, tracking_uri: str | None = None) -> None:
+    """Add evaluation scores (flattened, ``test_f1``, ...) and the files in ``out_dir`` to a run.
+
+    Writes through the client, so it neither changes the run's status nor needs it active.
+    ``tracking_uri`` defaults to MLflow's current one (pass ``mlflow_run.json``'s).
+    """
+    client = mlflow.MlflowClient(tracking_uri)
+    flat = flatten_metrics(metrics)
+    if flat:
+        timestamp = get_current_time_millis()
+        client.log_batch(run_id, metrics=[Metric(key, value, timestamp, 0)
+                                          for key, value in flat.items()])
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(path.is_file() for path in out_dir.rglob("*")):
+        client.log_artifacts(run_id, str(out_dir), EVALUATION_DIR)

@@ -1,0 +1,160 @@
+"""``crackops promote | lineage | compare | predict``: argument parsers and thin handlers.
+
+Heavy imports (MLflow, torch) happen inside the handlers, so building the parser stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import CrackopsError
+from pipeline.params import Params
+
+Handler = Callable[[Params, argparse.Namespace], "int | None"]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    """Register a handler; MLflow errors (server down, bad URI) become one-line CrackopsErrors."""
+    def register(function: Handler) -> Handler:
+        @functools.wraps(function)
+        def wrapped(params: Params, args: argparse.Namespace) -> int | None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return function(params, args)
+            except MlflowException as error:
+                raise CrackopsError(f"MLflow: {error.message}") from None
+
+        HANDLERS[name] = wrapped
+        return wrapped
+
+    return register
+
+
+def _client(params: Params) -> Any:
+    import mlflow
+
+    from pipeline.tracking.setup import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(params.mlflow)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _version_args(parser: argparse.ArgumentParser, default_alias: str) -> None:
+    parser.add_argument("--model", default=None, help="registered model (default: mlflow.registered_model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", default=None, help="a version number")
+    which.add_argument("--alias", default=None, help=f"an alias (default: {default_alias})")
+
+
+@handler("promote")
+def promote_command(params: Params, args: argparse.Namespace) -> int:
+    from pipeline.atomic import write_json
+    from registry.promote import SuiteEvaluator, promote, promotion_json, render_promotion, rollback
+    from registry.versions import resolve_version
+
+    client = _client(params)
+    name = args.model or params.mlflow.registered_model
+    if args.rollback:
+        if args.version or args.alias or args.dry_run:
+            raise CrackopsError("--rollback takes no --version, --alias or --dry-run: it restores previous-champion")
+        done = rollback(client, name, args.reason)
+        demoted = f" (version {done.demoted} tagged promotion.rolled_back)" if done.demoted else ""
+        print(f"{name}: champion -> version {done.restored}{demoted}; previous-champion removed")
+        return 0
+    version = str(resolve_version(client, name, args.version, args.alias).version)
+    evaluator = SuiteEvaluator(client, name, params, progress=not args.no_progress)
+    result = promote(client, name, version, params.promote, evaluator, dry_run=args.dry_run)
+    print(render_promotion(result))
+    if args.output:
+        write_json(Path(args.output), promotion_json(result, evaluator.data))
+    return 0 if result.decision is None or result.decision.passed else 1
+
+
+@handler("lineage")
+def lineage_command(params: Params, args: argparse.Namespace) -> None:
+    import json
+
+    from registry.lineage import render_lineage, version_lineage
+    from registry.versions import CHAMPION, resolve_version
+
+    client = _client(params)
+    name = args.model or params.mlflow.registered_model
+    version = resolve_version(client, name, args.version, args.alias or (None if args.version else CHAMPION))
+    lineage = version_lineage(client, version)
+    print(json.dumps(lineage, indent=2) if args.json else render_lineage(lineage, all_params=args.all_params))
+
+
+@handler("compare")
+def compare_command(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.atomic import write_text
+    from registry.compare import compare
+
+    markdown = compare(_client(params), list(args.refs))
+    print(markdown, end="")
+    if args.output:
+        write_text(Path(args.output), "# Model comparison\n\n" + markdown)
+        print(f"written to {args.output}", file=sys.stderr)
+
+
+@handler("predict")
+def predict_command(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.inference.predict import collect_images, predict_images
+    from pipeline.training.precision import pick_device
+    from pipeline.tracking.setup import resolve_tracking_uri
+    from registry.versions import load_model_uri
+
+    if args.tile is not None and args.tile < 16:
+        raise CrackopsError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap < (args.tile or sys.maxsize):
+        raise CrackopsError(f"--overlap must be >= 0 and smaller than --tile, got {args.overlap}")
+    paths = collect_images(list(args.images))  # fails on a bad path before any download
+    uri = args.model_uri or f"models:/{params.mlflow.registered_model}@champion"
+    with tempfile.TemporaryDirectory(prefix="crackops-predict-") as tmp:
+        model, trained = load_model_uri(uri, Path(tmp), tracking_uri=resolve_tracking_uri(params.mlflow))
+    model.to(pick_device())
+    results = predict_images(model, trained, paths, Path(args.output), threshold=args.threshold, tile=args.tile,
+                             overlap=args.overlap, progress=not args.no_progress)
+    print(f"{len(results)} masks and overlays written to {args.output} (model {uri})")
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The registry subcommands, added to ``crackops``' subparsers."""
+    promote = sub.add_parser("promote", parents=[common],
+                             help="evaluate the candidate against the champion; move 'champion' if the gate passes")
+    _version_args(promote, "candidate")
+    promote.add_argument("--dry-run", action="store_true", help="evaluate and print the table; change nothing")
+    promote.add_argument("--rollback", action="store_true",
+                         help="champion <- previous-champion (no evaluation); the demoted version is tagged")
+    promote.add_argument("--reason", default="", help="why, recorded on the demoted version (with --rollback)")
+    promote.add_argument("--output", default=None, help="also write the decision as JSON to this file")
+    promote.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    lineage = sub.add_parser("lineage", parents=[common],
+                             help="a version's training run, params, git commit, data hash and sweep parent")
+    _version_args(lineage, "champion")
+    lineage.add_argument("--json", action="store_true", help="print the chain as JSON (every param)")
+    lineage.add_argument("--all-params", action="store_true", help="list every logged param, not the headline ones")
+
+    compare = sub.add_parser("compare", parents=[common], help="side-by-side scores of runs and model versions")
+    compare.add_argument("refs", nargs="+", metavar="RUN_OR_VERSION",
+                         help="run id, name/version, models:/name/version or models:/name@alias")
+    compare.add_argument("--output", default=None, help="also write the Markdown table to this file")
+
+    predict = sub.add_parser("predict", parents=[common], help="masks and overlays for images, folders or globs")
+    predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    predict.add_argument("--model-uri", default=None,
+                         help="models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a model folder "
+                              "(default: models:/<mlflow.registered_model>@champion)")
+    predict.add_argument("--output", required=True, help="folder for <stem>_mask.png and <stem>_overlay.png")
+    predict.add_argument("--tile", type=int, default=None,
+                         help="images larger than this (pixels, either side) go in tiles (default: 2 x img_size)")
+    predict.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
+    predict.add_argument("--threshold", type=float, default=None, help="default: the model's eval.threshold")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")

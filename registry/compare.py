@@ -1,0 +1,125 @@
+"""Side-by-side scores of runs and model versions, laid out like the SAC and CrackSAM papers' tables."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from pipeline.errors import CrackopsError
+from registry.versions import alias_version, get_version, parse_models_uri
+
+_NAME_VERSION = re.compile(r"^(?P<name>[^/@:]+)/(?P<version>\d+)$")
+# (run metric from log_evaluation, version tag from register, column header)
+SCORES = (
+    ("test_precision", "eval.test.precision", "P"),
+    ("test_recall", "eval.test.recall", "R"),
+    ("test_f1", "eval.test.f1", "F1"),
+    ("test_iou", "eval.test.iou", "IoU"),
+    ("test_ods", "eval.test.ods", "ODS"),
+    ("test_ap", "eval.test.ap", "AP"),
+    ("low_light_blur_f1", "eval.low_light_blur.f1", "low-light+blur F1"),
+    ("blur_down_up_f1", "eval.blur_down_up.f1", "blur+down-up F1"),
+)
+ZERO_SHOT_MEAN = ("zero_shot_mean_iou", "eval.zero_shot.mean.iou")
+ZERO_SHOT_STD = ("zero_shot_std_iou", "eval.zero_shot.std.iou")
+
+
+@dataclass
+class Entry:
+    """One compared model: where it came from and its numbers (None where unknown)."""
+
+    ref: str
+    label: str
+    run: Run | None
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+    def value(self, metric: str, tag: str) -> float | None:
+        if self.run is not None and metric in self.run.data.metrics:
+            return self.run.data.metrics[metric]
+        try:
+            return float(self.version_tags[tag])
+        except (KeyError, ValueError):
+            return None
+
+
+def resolve_ref(client: MlflowClient, ref: str) -> Entry:
+    """A run id, ``name/version``, ``models:/name/version`` or ``models:/name@alias``."""
+    parsed = parse_models_uri(ref)
+    match = _NAME_VERSION.match(ref)
+    if parsed or match:
+        name, version, alias = parsed if parsed else (match["name"], match["version"], None)
+        if alias is not None:
+            version = alias_version(client, name, alias)
+            if version is None:
+                raise CrackopsError(f"{ref}: model {name!r} has no alias {alias!r}")
+        model_version = get_version(client, name, version)
+        label = f"{name} v{version}" + "".join(f" @{a}" for a in model_version.aliases)
+        run = _get_run(client, model_version.run_id, ref) if model_version.run_id else None
+        return Entry(ref, label, run, dict(model_version.tags))
+    run = _get_run(client, ref, ref)
+    return Entry(ref, run.info.run_name or ref[:8], run)
+
+
+def _get_run(client: MlflowClient, run_id: str, ref: str) -> Run:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise CrackopsError(f"{ref!r} is neither a run id, name/version nor models:/name@alias ({error.message})") \
+            from None
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _method(entry: Entry) -> str:
+    if entry.run is None:
+        return "—"
+    params = entry.run.data.params
+    return f"{params.get('model.variant', '?')} {params.get('tuning.method', '?')}"
+
+
+def _seconds_per_epoch(entry: Entry) -> float | None:
+    if entry.run is None:
+        return None
+    metrics = entry.run.data.metrics
+    seconds, epochs = metrics.get("train_seconds"), metrics.get("epochs_run")
+    return seconds / epochs if seconds is not None and epochs else None
+
+
+def _params(entry: Entry) -> str:
+    value = entry.run.data.metrics.get("trainable_params") if entry.run else None
+    return "—" if value is None else f"{int(value):,}"
+
+
+def render_compare(entries: list[Entry]) -> str:
+    """Markdown: a score table (one row per model) and a lineage table."""
+    header = ["Model", "Method", *[h for _, _, h in SCORES], "Zero-shot IoU (mean ± std)", "Trainable params",
+              "s/epoch"]
+    lines = ["## Scores", "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for entry in entries:
+        mean, std = entry.value(*ZERO_SHOT_MEAN), entry.value(*ZERO_SHOT_STD)
+        zero_shot = "—" if mean is None else f"{_number(mean)} ± {_number(std)}"
+        cells = [entry.label, _method(entry), *[_number(entry.value(m, t)) for m, t, _ in SCORES], zero_shot,
+                 _params(entry), _number(_seconds_per_epoch(entry), 1)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    lines += ["", "P, R, F1, IoU at the evaluation threshold on the test split; ODS and AP with the pixel tolerance; "
+              "corruption sets are CrackSAM's; zero-shot as in SAC (population std).", "", "## Lineage", "",
+              "| Model | Run | Git commit | Data (manifest sha256) |", "|---|---|---|---|"]
+    for entry in entries:
+        tags = entry.run.data.tags if entry.run else {}
+        run_id = entry.run.info.run_id if entry.run else "—"
+        commit = (tags.get("git.commit") or entry.version_tags.get("git.commit") or "—")[:12]
+        data = (tags.get("data.manifest_sha256") or entry.version_tags.get("data.manifest_sha256") or "—")[:12]
+        lines.append(f"| {entry.label} | {run_id} | {commit} | {data} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(client: MlflowClient, refs: list[str]) -> str:
+    if not refs:
+        raise CrackopsError("name at least one run id, name/version or models:/name@alias to compare")
+    return render_compare([resolve_ref(client, ref) for ref in refs])

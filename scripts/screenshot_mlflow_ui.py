@@ -1,0 +1,153 @@
+"""Screenshots of the MLflow UI: the experiment's run comparison and the registered model page.
+
+Not part of CI. Uses a running UI (``--ui-url``) or starts ``mlflow server`` on a free local port
+over ``--backend-store-uri`` (default: the project's ``sqlite:///mlflow.db``), then opens each page
+in headless Chromium (Debian: ``apt-get install -y chromium``). The UI is a single-page app, so
+Chromium gets a virtual-time budget to fetch and render before the screenshot is taken.
+
+    python scripts/screenshot_mlflow_ui.py --out screenshots/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from pipeline.errors import CrackopsError  # noqa: E402
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise CrackopsError(f"mlflow server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise CrackopsError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_server(backend_store_uri: str, log: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", backend_store_uri,
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(url, proc)
+    return url, proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def page_urls(client: MlflowClient, ui: str, experiment: str, model: str, max_runs: int) -> dict[str, str]:
+    """name -> UI URL: the run comparison of the experiment's latest finished runs and the model pages."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise CrackopsError(f"no experiment {experiment!r} in the tracking store")
+    runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=max_runs)
+    if len(runs) < 2:
+        raise CrackopsError(f"experiment {experiment!r} has {len(runs)} finished run(s); comparing needs 2")
+    ids = json.dumps([run.info.run_id for run in runs])
+    query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([found.experiment_id])})
+    urls = {
+        "experiment_runs": f"{ui}/#/experiments/{found.experiment_id}",
+        "run_comparison": f"{ui}/#/compare-runs?{query}",
+        "registered_model": f"{ui}/#/models/{urllib.parse.quote(model)}",
+    }
+    try:
+        champion = client.get_model_version_by_alias(model, "champion")
+        urls["champion_version"] = f"{ui}/#/models/{urllib.parse.quote(model)}/versions/{champion.version}"
+    except Exception:  # noqa: BLE001 - no champion yet: the model page is still worth a picture
+        pass
+    return urls
+
+
+def screenshot(chromium: str, url: str, out: Path, window: str, budget_ms: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Chromium picks the image format from the file extension, so the temporary file ends in .png too;
+    # it lives beside `out` so the final rename is atomic.
+    with tempfile.TemporaryDirectory(prefix="crackops-chromium-") as profile, \
+            tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as staging:
+        shot = Path(staging) / "shot.png"
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
+                   f"--virtual-time-budget={budget_ms}", f"--screenshot={shot}", url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120 + budget_ms / 1000)
+        if done.returncode or not shot.is_file() or shot.stat().st_size == 0:
+            raise CrackopsError(f"chromium failed on {url} (status {done.returncode}): {done.stderr[-1500:]}")
+        os.replace(shot, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ui-url", default=None, help="a running MLflow UI/server (default: start one)")
+    parser.add_argument("--backend-store-uri", default="sqlite:///mlflow.db", help="store to serve when starting one")
+    parser.add_argument("--experiment", default="crackops")
+    parser.add_argument("--model", default="crack-segmenter")
+    parser.add_argument("--out", type=Path, default=Path("screenshots"))
+    parser.add_argument("--max-runs", type=int, default=4, help="runs in the comparison (latest finished)")
+    parser.add_argument("--window", default="1600,1000", help="browser window WIDTH,HEIGHT")
+    parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time for the single-page app to render")
+    parser.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
+    args = parser.parse_args(argv)
+
+    chromium = args.chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        if not chromium:
+            raise CrackopsError("chromium not found: install it (Debian: apt-get install -y chromium) "
+                                "or pass --chromium")
+        proc = None
+        ui = args.ui_url
+        if ui is None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            ui, proc = start_server(args.backend_store_uri, args.out / "mlflow-server.log")
+        try:
+            urls = page_urls(MlflowClient(ui), ui.rstrip("/"), args.experiment, args.model, args.max_runs)
+            for name, url in urls.items():
+                path = args.out / f"{name}.png"
+                screenshot(chromium, url, path, args.window, args.budget_ms)
+                print(f"{path}  <-  {url}")
+        finally:
+            if proc is not None:
+                stop_server(proc)
+    except CrackopsError as error:
+        print(f"screenshot_mlflow_ui: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The sweep's MLflow parent run: opened (or reopened on resume), trial runs nested under it, summary.
+
+Backend-independent: the parent holds the sweep's settings as params, and at the end the best
+value (``best_val_f1``), the best params (``best.<key>`` tags, as they may change when a sweep is
+extended), trial counts by state, the best-params files and the plots.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline.params import MlflowParams
+from pipeline.tracking.setup import configure
+from search.objective import FAILED, MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
+from search.results import BestTrial, format_value
+
+TAG_SWEEP = "sweep.role"
+
+
+def _reusable(client: mlflow.MlflowClient, run_id: str | None, experiment_id: str) -> bool:
+    if not run_id:
+        return False
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False  # another tracking store, or deleted for good
+    return run.info.lifecycle_stage == "active" and run.info.experiment_id == experiment_id
+
+
+def log_params_once(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params not logged yet; a resumed sweep that changed one (MLflow params are immutable)
+    records the new value as a ``<key>.resumed`` tag instead."""
+    logged = client.get_run(run_id).data.params
+    for key, value in params.items():
+        text = str(param_value_text(value))
+        if key not in logged:
+            client.log_param(run_id, key, text)
+        elif logged[key] != text:
+            client.set_tag(run_id, f"{key}.resumed", text)
+
+
+@contextmanager
+def sweep_run(mlflow_params: MlflowParams, run_id: str | None, run_name: str,
+              params: dict[str, Any], tags: dict[str, str]) -> Iterator[str | None]:
+    """Make the sweep's parent run active (reopening ``run_id`` when it still exists); yields its id.
+
+    Ends FINISHED, KILLED on Ctrl-C, FAILED on an error. Yields None with MLflow disabled.
+    """
+    if not mlflow_params.enabled:
+        yield None
+        return
+    experiment_id = configure(mlflow_params)
+    client = mlflow.MlflowClient()
+    if _reusable(client, run_id, experiment_id):
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(run_name=run_name, tags={TAG_SWEEP: "parent", **tags})
+    run_id = run.info.run_id
+    try:
+        log_params_once(client, run_id, params)
+        yield run_id
+    except BaseException as error:
+        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def close_orphan_children(parent_id: str | None, live_numbers: set[int], reason: str) -> list[str]:
+    """End RUNNING trial runs whose trial is no longer running (its worker died): FAILED, tagged.
+
+    ``live_numbers``: trial numbers still running somewhere. Returns the closed run ids.
+    """
+    if parent_id is None:
+        return []
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"))
+    closed = []
+    for child in children:
+        number = child.data.tags.get(TAG_NUMBER)
+        if number is not None and number.isdigit() and int(number) in live_numbers:
+            continue
+        client.set_tag(child.info.run_id, TAG_STATE, FAILED)
+        client.set_tag(child.info.run_id, TAG_FAIL_REASON, reason[:MAX_REASON])
+        client.set_terminated(child.info.run_id, "FAILED")
+        closed.append(child.info.run_id)
+    return closed
+
+
+def child_runs(parent_id: str) -> list[Any]:
+    """The parent's trial runs (for checks and reports)."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=10_000)
+
+
+def log_summary(run_id: str | None, metric: str, best: BestTrial | None, counts: dict[str, int],
+                files: list[Path], plots: list[Path]) -> None:
+    """Best value and params, counts by state, best-params files and plots onto the parent run."""
+    if run_id is None:
+        return
+    client = mlflow.MlflowClient()
+    step = sum(counts.values())
+    metrics = {f"n_{state}": float(n) for state, n in counts.items()}
+    if best is not None:
+        metrics[f"best_{metric}"] = best.value
+        metrics["best_trial"] = float(best.number)
+        for key in client.get_run(run_id).data.tags:
+            # A resumed sweep's new winner may lack a conditional key of the old one.
+            if key.startswith("best.") and key[len("best."):] not in best.values:
+                client.delete_tag(run_id, key)
+        for key, value in best.values.items():
+            client.set_tag(run_id, f"best.{key}", format_value(value))
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value, step=step)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    for path in plots:
+        client.log_artifact(run_id, str(path), "plots")

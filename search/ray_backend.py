@@ -1,0 +1,642 @@
+"""``crackops sweep --backend ray``: the sweep on Ray Tune, on a local Ray or a cluster (``--address``).
+
+Same config in and same results out as the Optuna backend: an MLflow parent run with a nested run
+per trial (same dotted params, per-epoch metrics, ``trial.state`` tags), the best-params files, the
+plots and the printed summary. Tune adds parallel trials across a cluster:
+
+* search: Tune's ``OptunaSearch`` over :meth:`SearchSpace.suggest` (define-by-run, so conditional
+  parameters work); ``grid-fraction`` evaluates ``space.grid_sample(seed)`` and nothing else;
+* early stopping: ``--pruner asha`` is Tune's ASHA (rungs after 1, 3, 9 epochs, as Optuna's
+  successive halving), ``median`` its median stopping rule (from epoch 3, after 3 trials), ``none`` FIFO;
+* trials: each a Ray actor with ``sweep.ray.cpus_per_trial`` CPUs (also its torch threads) running
+  :func:`search.objective.run_trial`, i.e. the one training loop;
+* checkpoints: after every epoch but the last, the loop's resume state (``last.pt``, ``best.pt``)
+  goes to Tune as the trial's checkpoint. A restored trial copies it back into its
+  :func:`pipeline.training.run.resume_dir` and the loop goes on from the next epoch;
+* resume: rerunning the command finds the experiment folder (``sweep.ray.storage_path/<study>``)
+  and restores it: finished trials are kept, interrupted and errored ones continue from their last
+  checkpoint, pending ones start.
+
+The trial's score is the best epoch's value (as in the Optuna backend): its last Tune result holds
+the best epoch's metrics, so Tune's searcher sees the same number.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import optuna
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from pipeline.atomic import write_json, write_text
+from pipeline.data import load_manifest
+from pipeline.params import Params
+from pipeline.training.callbacks import Callback
+from pipeline.training.run import resume_dir
+from pipeline.tracking.setup import resolve_tracking_uri
+from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
+from search.mlflow_sweep import close_orphan_children, log_summary, sweep_run
+from search.objective import (
+    FAILED, FINISHED, MAX_REASON, PRUNED, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
+    ReportingCallback, TrialFailure, metric_value, run_trial, winning_values,
+)
+from search.optuna_backend import encode_point, make_sampler, space_digest
+from search.optuna_plots import save_plots
+from search.results import (
+    BestTrial, SweepSummary, TrialRow, format_summary, format_table, retrain_command, trial_line, write_best,
+)
+from search.space import SearchSpace
+
+BACKEND = "ray"
+STATE_FILE = "crackops_sweep.json"  # beside Tune's experiment state: the parent run and the space
+TRIALS_FILE = "trials.csv"
+# Checkpoint files: the loop's resume state (pipeline.training.run) and the epochs already logged.
+STATE_FILES = ("last.pt", "best.pt", "params.sha256")
+HISTORY_FILE = "history.json"
+# Keys of a trial's Tune results besides its epoch metrics (the state keys are the MLflow tag names).
+R_EPOCH, R_RUN_ID, R_EPOCHS_RUN = "epoch", "mlflow_run_id", "epochs_run"
+TAG_RESUMED = "trial.resumed_from_epoch"
+_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:")
+INTERRUPTED = "interrupted: the sweep stopped; rerun the command to continue this trial from its last epoch"
+INTERRUPTED_ROW = "interrupted after epoch {epochs}; continues on resume"
+# Row states, in the Optuna backend's words, and their counts' names.
+COUNT_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver; shipped once through Ray's object store."""
+
+    base_tree: dict[str, Any]  # absolute paths: Tune runs trials in other folders, maybe other machines
+    space: SearchSpace
+    study: str
+    parent_run_id: str | None
+
+
+# --- search and scheduling ---------------------------------------------------------------------
+
+
+class DefineByRun:
+    """The space as OptunaSearch's define-by-run function; a class, as Tune pickles its searcher.
+
+    Returns the real values (LoRA targets as lists) and the Optuna trial number, which names the
+    trial everywhere (``trial-<n>`` runs, printed lines), as in the Optuna backend.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {**self.space.suggest(trial), TAG_NUMBER: trial.number}
+
+
+def make_searcher(config: SweepConfig, points: list[dict[str, Any]] | None) -> OptunaSearch:
+    space = config.space
+    return OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=_mode(space),
+                        sampler=make_sampler(config.sampler_name, config.seed),
+                        points_to_evaluate=[encode_point(space, point) for point in points or []] or None)
+
+
+def make_scheduler(config: SweepConfig) -> TrialScheduler:
+    """Tune's counterparts of the Optuna backend's pruners, in epochs (the ``epoch`` result key)."""
+    space, name = config.space, config.pruner_name
+    if name == "asha":
+        return ASHAScheduler(time_attr=R_EPOCH, metric=space.metric, mode=_mode(space), max_t=space.epochs,
+                             grace_period=1, reduction_factor=3)
+    if name == "median":
+        return MedianStoppingRule(time_attr=R_EPOCH, metric=space.metric, mode=_mode(space), grace_period=3,
+                                  min_samples_required=3)
+    return FIFOScheduler()
+
+
+def _mode(space: SearchSpace) -> str:
+    return "max" if space.direction == "maximize" else "min"
+
+
+# --- the trial (runs in a Ray actor) -------------------------------------------------------------
+
+
+class TuneTrialReporter(Callback):
+    """Each epoch's metrics to Tune with the loop's resume state as the checkpoint.
+
+    The last epoch is not reported here: Tune may stop a trial at any report (``tune.report`` then
+    raises ``SystemExit``), so the trial's final result is sent only once its MLflow run is closed.
+    A restored trial logs the epochs of its checkpoint into its new MLflow run first, so every
+    run holds the whole history.
+    """
+
+    def __init__(self, work: Path, epochs: int, history: list[dict[str, float]]) -> None:
+        self.work = work
+        self.epochs = epochs
+        self.history = history
+        self.run_id: str | None = None
+
+    def on_train_start(self, total_epochs: int) -> None:
+        run = mlflow.active_run()
+        self.run_id = run.info.run_id if run else None
+        if not (self.work / "last.pt").is_file():
+            self.history = []  # no state, or dropped for changed params: the loop starts over
+        elif self.history and run is not None:
+            for step, metrics in enumerate(self.history, start=1):
+                mlflow.log_metrics(metrics, step=step)
+            mlflow.set_tag(TAG_RESUMED, str(len(self.history)))
+
+    def report(self, step: int, value: float, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if step >= self.epochs:
+            return
+        # The epoch's metrics must be stored before Tune can stop this process.
+        mlflow.flush_async_logging()
+        with tempfile.TemporaryDirectory(prefix="crackops-ckpt-") as folder:
+            for name in STATE_FILES:
+                if (self.work / name).is_file():
+                    # The loop replaces these files by rename: a link is a consistent snapshot.
+                    _link_or_copy(self.work / name, Path(folder) / name)
+            (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            tune.report(self._result(metrics, step), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def _result(self, metrics: dict[str, float], epoch: int, **extra: Any) -> dict[str, Any]:
+        return {**metrics, R_EPOCH: epoch, R_RUN_ID: self.run_id or "", **extra}
+
+    def final(self, metric: str, direction: str, state: str, run_id: str | None, reason: str = "") -> None:
+        """The trial's last result (its score) with a checkpoint of the history only: Tune keeps one
+        checkpoint per trial, so the weights of a finished trial do not stay on disk."""
+        epochs = len(self.history)
+        if state == FINISHED and self.history:
+            pick = max if direction == "maximize" else min
+            best = pick(self.history, key=lambda item: _finite_or(metric_value(item, metric), direction))
+            result = self._result(best, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs})
+        else:
+            result = self._result({metric: math.nan}, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs,
+                                                                  TAG_FAIL_REASON: reason[:MAX_REASON]})
+        result[R_RUN_ID] = run_id or self.run_id or ""
+        with tempfile.TemporaryDirectory(prefix="crackops-ckpt-") as folder:
+            (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _finite_or(value: float, direction: str) -> float:
+    return value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def trial_work_dir(trial_id: str) -> Path:
+    """The loop's resume folder of a trial, on the machine running it (not synced anywhere)."""
+    return Path(tempfile.gettempdir()) / f"crackops-tune-{trial_id}"
+
+
+def _restore(work: Path) -> list[dict[str, float]]:
+    """Copy the trial's Tune checkpoint (if any) into ``work``; returns the epochs it holds."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        for name in STATE_FILES:
+            if (Path(folder) / name).is_file():
+                shutil.copy2(Path(folder) / name, work / name)
+        history_file = Path(folder) / HISTORY_FILE
+        history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    return history if (work / "last.pt").is_file() else []
+
+
+def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune's trainable: one trial through :func:`run_trial`, resumable from its Tune checkpoint."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise here
+    space = context.space
+    number = int(config[TAG_NUMBER])
+    chosen = {key: value for key, value in config.items() if key in space.parameters}
+    tags = {TAG_NUMBER: str(number), TAG_STUDY: context.study, TAG_BACKEND: BACKEND}
+    if context.parent_run_id:
+        # The parent run is active in the driver, not here: nest by the tag MLflow itself uses.
+        tags["mlflow.parentRunId"] = context.parent_run_id
+    work = trial_work_dir(tune.get_context().get_trial_id())
+    shutil.rmtree(work, ignore_errors=True)  # a previous attempt's state: the checkpoint is what counts
+    work.mkdir(parents=True)
+    try:
+        reporter = TuneTrialReporter(work, space.epochs, _restore(work))
+        with resume_dir(work):
+            try:
+                callbacks = [reporter, ReportingCallback(reporter, space.metric)]
+                result = run_trial(context.base_tree, space, chosen, callbacks, run_name=f"trial-{number}",
+                                   tags=tags, pruned_errors=(SystemExit,))
+            except TrialFailure as failure:
+                # The trial's own failure ends it, not the sweep; Tune sees a finished trial with no score.
+                reporter.final(space.metric, space.direction, FAILED, failure.run_id, failure.reason)
+                return
+        reporter.final(space.metric, space.direction, FINISHED, result.run_id)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- paths, Ray and the experiment folder ---------------------------------------------------------
+
+
+def absolute_uri(uri: str) -> str:
+    """A tracking URI that means the same from any working directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri:
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//")).resolve().as_uri()
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        return Path(uri).resolve().as_uri()  # a plain folder of file-store runs
+    return uri
+
+
+def trial_base_tree(config: SweepConfig) -> dict[str, Any]:
+    """The base params for trials: relative paths made absolute, torch threads = CPUs per trial."""
+    tree = config.base_tree()
+    params = config.base
+    tree["data"]["prepared_dir"] = str(Path(params.data.prepared_dir).resolve())
+    if params.model.checkpoint:
+        tree["model"]["checkpoint"] = str(Path(params.model.checkpoint).resolve())
+    tree["mlflow"]["tracking_uri"] = absolute_uri(resolve_tracking_uri(params.mlflow))
+    tree["train"]["num_threads"] = max(1, round(params.sweep.ray.cpus_per_trial))
+    return tree
+
+
+def experiment_dir(config: SweepConfig) -> Path:
+    storage = config.base.sweep.ray.storage_path
+    if "://" in storage:
+        raise SweepError(f"sweep.ray.storage_path must be a folder (on a cluster, one every node mounts), "
+                         f"got {storage!r}")
+    return Path(storage).resolve() / config.study_name
+
+
+def local_cpus(config: SweepConfig) -> int:
+    """CPUs for a local Ray: what the concurrent trials reserve, at most this machine's."""
+    ray_params = config.base.sweep.ray
+    machine = os.cpu_count() or 1
+    if ray_params.cpus_per_trial > machine:
+        raise SweepError(f"sweep.ray.cpus_per_trial is {ray_params.cpus_per_trial:g} but this machine has "
+                         f"{machine} CPUs; lower it or pass --address of a Ray cluster")
+    return max(1, min(machine, math.ceil(ray_params.cpus_per_trial * ray_params.max_concurrent_trials)))
+
+
+@contextmanager
+def ray_session(config: SweepConfig) -> Iterator[str]:
+    """Connect to ``--address`` or start a local Ray (shut down at the end); yields a description."""
+    # Trials stay in the driver's folder where it exists (relative lineage files such as dvc.lock
+    # resolve as in the Optuna backend); everything they must find is absolute anyway.
+    runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
+                              "runtime_env": runtime_env}
+    if ray.is_initialized():
+        yield "an already running Ray"
+        return
+    if config.address:
+        try:
+            ray.init(address=config.address, **common)
+        except ConnectionError as error:
+            raise SweepError(f"cannot connect to the Ray cluster at {config.address}: {error} (with token "
+                             "authentication, set RAY_AUTH_MODE=token and the cluster's token)") from None
+        where = f"Ray cluster at {config.address}"
+    else:
+        cpus = local_cpus(config)
+        try:
+            # "local": a Ray of our own, even when another one runs on this machine.
+            ray.init(address="local", num_cpus=cpus, **common)
+        except Exception as error:  # noqa: BLE001 - no /dev/shm, ports in use, ...: say what failed
+            raise SweepError(f"cannot start a local Ray: {type(error).__name__}: {error}") from None
+        where = f"local Ray with {cpus} CPU{'s' if cpus != 1 else ''}"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_resumable(state: dict[str, Any], config: SweepConfig, folder: Path) -> None:
+    space = config.space
+    if state.get("space") not in (None, space.name):
+        raise SweepError(f"Ray experiment {folder} is a sweep over space {state['space']!r}, not {space.name!r}; "
+                         "pick another --study name to start a new sweep")
+    if state.get("space_sha256") not in (None, space_digest(space)):
+        print(f"warning: space {space.name!r} changed since study {config.study_name!r} began; "
+              "finished trials keep their old values", flush=True)
+
+
+# --- what the driver sees -------------------------------------------------------------------------
+
+
+def trial_row(space: SearchSpace, trial: Trial) -> TrialRow:
+    """A Tune trial as the Optuna backend reports a trial (states COMPLETE, PRUNED, FAIL, ...)."""
+    result = trial.last_result or {}
+    config = trial.config or {}
+    params = {key: value for key, value in config.items() if key in space.parameters}
+    number = int(config.get(TAG_NUMBER, -1))
+    epochs = result.get(R_EPOCHS_RUN, result.get(R_EPOCH))
+    seconds = result.get("time_total_s")
+    value: float | None = None
+    note = ""
+    if trial.status == Trial.TERMINATED:
+        state, value, note = _ended_state(result, space.metric)
+    elif trial.status == Trial.ERROR:
+        state, note = "FAIL", f"interrupted: {_error_line(trial)}; retried on resume"
+    elif trial.status == Trial.PENDING and not result:
+        state = "WAITING"
+    else:
+        state, note = "RUNNING", INTERRUPTED_ROW.format(epochs=epochs or 0)
+    return TrialRow(number, state, value, params, int(epochs) if epochs else None,
+                    float(seconds) if seconds is not None else None, note)
+
+
+def _ended_state(result: dict[str, Any], metric: str) -> tuple[str, float | None, str]:
+    """``(state, value, note)`` of a trial that ended, from its last result."""
+    if result.get(TAG_STATE) == FINISHED:
+        return "COMPLETE", _finite(result.get(metric)), ""
+    if result.get(TAG_STATE) == FAILED:
+        return "FAIL", None, str(result.get(TAG_FAIL_REASON, ""))
+    if R_EPOCH not in result:
+        return "FAIL", None, "stopped before its first epoch"
+    return "PRUNED", _finite(result.get(metric)), ""  # stopped by the scheduler after an epoch
+
+
+def _error_line(trial: Trial) -> str:
+    """The error's own line from the trial's ``error.txt`` (a traceback), else a generic reason."""
+    lines: list[str] = []
+    for where in (lambda: trial.error_file, lambda: str(Path(trial.path) / "error.txt")):
+        try:  # the driver's copy while Ray runs, the experiment folder's afterwards
+            lines = [line.strip() for line in Path(where() or "").read_text().splitlines() if line.strip()]
+        except Exception:  # noqa: BLE001 - not there (yet), or Ray is gone
+            continue
+        if lines:
+            break
+    named = [line for line in lines if _ERROR_LINE.match(line)]
+    return ((named or lines or ["the trial's worker stopped"])[-1])[:200]
+
+
+def count_rows(rows: list[TrialRow]) -> dict[str, int]:
+    return {name: sum(row.state == state for row in rows) for state, name in COUNT_NAMES.items()}
+
+
+def best_of(space: SearchSpace, rows: list[TrialRow]) -> BestTrial | None:
+    complete = [row for row in rows if row.state == "COMPLETE" and row.value is not None]
+    if not complete:
+        return None
+    pick = max if space.direction == "maximize" else min
+    best = pick(complete, key=lambda row: row.value)
+    return BestTrial(best.number, float(best.value), winning_values(space, best.params))
+
+
+def _close_run(run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
+    """End a trial's MLflow run its process could not end (stopped or killed by Tune)."""
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, TAG_STATE, state)
+        if reason:
+            client.set_tag(run_id, TAG_FAIL_REASON, reason[:MAX_REASON])
+        client.set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException:
+        pass  # the run is gone: nothing to close
+
+
+class SweepProgress(tune.Callback):
+    """In the driver: one line per ended trial, as the Optuna backend prints, and the MLflow run of
+    a trial Tune stopped (pruned) or lost (error) closed with its state. Tune pickles it with the
+    experiment, so it keeps no state of its own."""
+
+    def __init__(self, space: SearchSpace, mlflow_on: bool) -> None:
+        self.space = space
+        self.mlflow_on = mlflow_on
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        row = trial_row(self.space, trial)
+        row.state, row.value, row.note = _ended_state(result, self.space.metric)
+        if row.state == "PRUNED" and self.mlflow_on:
+            _close_run(result.get(R_RUN_ID), PRUNED, "KILLED")
+        print(trial_line(row, self.space.metric), flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        row = trial_row(self.space, trial)
+        row.state, row.value, row.note = "FAIL", None, f"interrupted: {_error_line(trial)}; retried on resume"
+        if self.mlflow_on:
+            _close_run((trial.last_result or {}).get(R_RUN_ID), FAILED, "FAILED", row.note)
+        print(trial_line(row, self.space.metric), flush=True)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def mirror_study(space: SearchSpace, rows: list[TrialRow]) -> optuna.Study:
+    """The ended trials as an in-memory Optuna study, for the Optuna backend's plots."""
+    study = optuna.create_study(direction=space.direction)
+    for row in sorted(rows, key=lambda item: item.number):
+        if row.state not in ("COMPLETE", "PRUNED", "FAIL"):
+            continue
+        fixed = optuna.trial.FixedTrial(encode_point(space, row.params))
+        space.suggest(fixed)
+        state = optuna.trial.TrialState[row.state]
+        value = row.value if state == optuna.trial.TrialState.COMPLETE else None
+        if state == optuna.trial.TrialState.COMPLETE and value is None:
+            state = optuna.trial.TrialState.FAIL
+        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                                  value=value, state=state, user_attrs={"number": row.number}))
+    return study
+
+
+def write_trials_csv(rows: list[TrialRow], out_dir: Path) -> Path | None:
+    if not rows:
+        return None
+    keys: list[str] = []
+    for row in rows:
+        keys += [key for key in row.params if key not in keys]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "state", "value", "epochs", "seconds", *(f"params_{key}" for key in keys), "note"])
+    for row in sorted(rows, key=lambda item: item.number):
+        values = [json.dumps(row.params[key]) if isinstance(row.params.get(key), list) else row.params.get(key, "")
+                  for key in keys]
+        writer.writerow([row.number, row.state, row.value, row.epochs, row.seconds, *values, row.note])
+    path = out_dir / TRIALS_FILE
+    write_text(path, buffer.getvalue())
+    return path
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+def _parent_params(config: SweepConfig, n_trials: int, grid_points: int | None, folder: Path) -> dict[str, Any]:
+    space, ray_params = config.space, config.base.sweep.ray
+    params: dict[str, Any] = {
+        "sweep.backend": BACKEND, "sweep.space": space.name, "sweep.study": config.study_name,
+        "sweep.sampler": config.sampler_name, "sweep.pruner": config.pruner_name, "sweep.seed": config.seed,
+        "sweep.n_trials": n_trials, "sweep.metric": space.metric, "sweep.direction": space.direction,
+        "sweep.epochs": space.epochs, "sweep.storage": str(folder),
+        "sweep.ray.cpus_per_trial": ray_params.cpus_per_trial, "sweep.ray.gpus_per_trial": ray_params.gpus_per_trial,
+        "sweep.ray.max_concurrent_trials": ray_params.max_concurrent_trials,
+    }
+    if grid_points is not None:
+        params["sweep.grid_points"] = grid_points
+        params["sweep.grid_fraction"] = space.grid_fraction or 1.0
+    params.update({f"fixed.{key}": value for key, value in space.fixed.items()})
+    return params
+
+
+def _tuner(config: SweepConfig, folder: Path, trainable: Any, points: list[dict[str, Any]] | None,
+           n_trials: int, progress: SweepProgress) -> tuple[tune.Tuner, bool]:
+    """A new Tuner, or the one restored from ``folder``; returns ``(tuner, restored)``."""
+    if tune.Tuner.can_restore(str(folder)):
+        # Search state, scheduler, run config (with the progress callback) come back from the folder.
+        return tune.Tuner.restore(str(folder), trainable, resume_errored=True), True
+    ray_params = config.base.sweep.ray
+    tune_config = tune.TuneConfig(search_alg=make_searcher(config, points), scheduler=make_scheduler(config),
+                                  num_samples=n_trials, max_concurrent_trials=ray_params.max_concurrent_trials)
+    run_config = tune.RunConfig(
+        name=config.study_name, storage_path=str(folder.parent), verbose=0, callbacks=[progress],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # An error that is not the trial's own (a bug, a lost node) errors that trial only: Tune's
+        # fail_fast would end the others as finished, and nothing could resume them. The sweep
+        # exits with an error at the end; rerunning it retries errored trials from their checkpoint.
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
+
+
+def run_ray_sweep(config: SweepConfig) -> SweepSummary:
+    """Run (or resume) the sweep ``config`` describes on Ray Tune; prints progress, returns the summary."""
+    verbosity = optuna.logging.get_verbosity()
+    searcher_log = logging.getLogger(OptunaSearch.__module__)
+    level = searcher_log.level
+    # A failed trial's NaN score makes Optuna and Tune's searcher warn; the trial's line says it.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    searcher_log.setLevel(logging.ERROR)
+    try:
+        return _run(config)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        searcher_log.setLevel(level)
+
+
+def _run(config: SweepConfig) -> SweepSummary:
+    space, ray_params = config.space, config.base.sweep.ray
+    load_manifest(Path(config.base.data.prepared_dir))  # no data: one clear error before Ray starts
+    folder = experiment_dir(config)
+    state = read_state(folder)
+    _check_resumable(state, config, folder)
+    points = space.grid_sample(config.seed) if config.sampler_name == "grid-fraction" else None
+    n_trials = min(config.n_trials or len(points), len(points)) if points else config.n_trials or DEFAULT_N_TRIALS
+    if state.get("n_trials") not in (None, n_trials):
+        print(f"note: study {config.study_name!r} was started with {state['n_trials']} trials; a Ray sweep keeps "
+              "its trial count on resume (pick another --study for more)", flush=True)
+        n_trials = int(state["n_trials"])
+    grid_text = f" ({len(points)} of {len(space.grid())} grid points, seed {config.seed})" if points else ""
+    print(f"sweep {config.study_name!r} over space {space.name!r} ({BACKEND}): sampler {config.sampler_name}"
+          f"{grid_text}, pruner {config.pruner_name}, {n_trials} trials of {space.epochs} epochs, "
+          f"best by {space.metric}; storage {folder}", flush=True)
+    progress = SweepProgress(space, config.base.mlflow.enabled)
+    with sweep_run(config.base.mlflow, state.get("parent_run_id"), f"sweep-{config.study_name}",
+                   _parent_params(config, n_trials, len(points) if points else None, folder),
+                   {TAG_STUDY: config.study_name, TAG_BACKEND: BACKEND}) as parent_id:
+        # Trials of a killed sweep left their runs RUNNING: none runs now, so all are closed.
+        close_orphan_children(parent_id, set(), INTERRUPTED)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / STATE_FILE, {"space": space.name, "space_sha256": space_digest(space), "n_trials": n_trials,
+                                         "seed": config.seed, "parent_run_id": parent_id})
+        if parent_id is not None:
+            register_dataset(config.base)
+        context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id)
+        with ray_session(config) as where:
+            trainable = tune.with_resources(tune.with_parameters(crackops_trial, context=context),
+                                            {"cpu": ray_params.cpus_per_trial, "gpu": ray_params.gpus_per_trial})
+            tuner, restored = _tuner(config, folder, trainable, points, n_trials, progress)
+            print(f"{'resuming on' if restored else 'running on'} {where}: {ray_params.cpus_per_trial:g} CPU, "
+                  f"{ray_params.gpus_per_trial:g} GPU per trial, at most {ray_params.max_concurrent_trials} at once",
+                  flush=True)
+            tuner.fit()
+            trials = tune.ExperimentAnalysis(str(folder)).trials
+            rows = [trial_row(space, trial) for trial in trials]
+        if not config.address:
+            # A trial Tune stopped (pruned) or killed may not have removed its folder itself.
+            for trial in trials:
+                shutil.rmtree(trial_work_dir(trial.trial_id), ignore_errors=True)
+        if parent_id is not None:
+            _close_interrupted(trials, rows)
+            close_orphan_children(parent_id, set(), INTERRUPTED)  # trials that died before their first epoch
+        summary = _finish(config, rows, parent_id)
+        print(format_table(summary.rows, space.metric), flush=True)
+        print(format_summary(summary, space.epochs, config.overrides), flush=True)
+        if any(row.state in ("RUNNING", "WAITING") for row in rows):
+            # Tune caught Ctrl-C and saved the experiment: the parent ends KILLED, the CLI exits 130.
+            print("the sweep was interrupted: rerun the same command to resume it", flush=True)
+            raise KeyboardInterrupt
+    errors = [row for row in rows if row.state == "FAIL" and row.note.startswith("interrupted")]
+    if errors:
+        numbers = ", ".join(str(row.number) for row in errors)
+        raise SweepError(f"trial(s) {numbers} errored ({errors[0].note}); fix the cause and rerun the same "
+                         "command: errored trials continue from their last checkpoint")
+    return summary
+
+
+def register_dataset(params: Params) -> None:
+    """The training data as the parent run's input, logged before any trial starts.
+
+    MLflow creates a dataset once per experiment; two trials creating the same one at the same
+    moment collide (a UNIQUE constraint in the tracking store), so the driver creates it first.
+    """
+    from pipeline.tracking.lineage import manifest_digest
+    from pipeline.tracking.tracked_training import _dataset  # the trials' own dataset entry
+
+    mlflow.log_input(_dataset(params, manifest_digest(params.data.prepared_dir)), context="sweep")
+
+
+def _close_interrupted(trials: list[Trial], rows: list[TrialRow]) -> None:
+    """Runs of trials the sweep stopped mid-way: their process saw a stop like a pruning one."""
+    client = mlflow.MlflowClient()
+    for trial, row in zip(trials, rows):
+        run_id = (trial.last_result or {}).get(R_RUN_ID)
+        if row.state != "RUNNING" or not run_id:
+            continue
+        _close_run(run_id, FAILED, "KILLED", INTERRUPTED)
+        client.set_tag(run_id, TAG_STATE, FAILED)  # also when the trial's process ended it as pruned
+        client.set_tag(run_id, TAG_FAIL_REASON, INTERRUPTED)
+
+
+def _finish(config: SweepConfig, rows: list[TrialRow], parent_id: str | None) -> SweepSummary:
+    """Best files, plots, the trials table and the parent run's summary; returns what to print."""
+    space = config.space
+    rows = sorted(rows, key=lambda row: row.number)
+    counts, best = count_rows(rows), best_of(space, rows)
+    summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
+    files: list[Path] = []
+    if best is not None:
+        files = write_best(config.out_dir, best, space.metric)
+        summary.command = retrain_command(best.values)
+    summary.files = list(files)
+    trials_csv = write_trials_csv(rows, config.out_dir)
+    plots, skipped = save_plots(mirror_study(space, rows), config.out_dir, space.metric)
+    for name, why in skipped.items():
+        print(f"plot {name} skipped: {why}", flush=True)
+    log_summary(parent_id, space.metric, best, counts, files + ([trials_csv] if trials_csv else []), plots)
+    return summary

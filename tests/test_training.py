@@ -1,0 +1,157 @@
+"""The training loop: outputs, best checkpoint, resume, early stopping, callbacks, schedules."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pipeline.training.callbacks import Callback
+from pipeline.training.loop import LoopConfig, NonFiniteLossError, fit
+from pipeline.training.run import build_loaders, train_from_params
+from pipeline.training.schedules import LrSchedule, build_optimizer, lr_factor
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.events, self.stop_after = [], stop_after
+
+    def on_train_start(self, total_epochs):
+        self.events.append(("start", total_epochs))
+
+    def on_epoch_end(self, result):
+        self.events.append(("epoch", result.epoch, result.val["f1"]))
+        if self.stop_after is not None and result.epoch + 1 >= self.stop_after:
+            raise KeyboardInterrupt  # what a killed or pruned run looks like to the loop
+
+    def on_train_end(self, result):
+        self.events.append(("end", result.best_epoch))
+
+
+def test_outputs_written_and_best_epoch_kept(tmp_path, tiny_params):
+    out = tmp_path / "train"
+    recorder = Recorder()
+    outcome = train_from_params(tiny_params("train.epochs=3"), [recorder], out_dir=out, progress=False)
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "params.yaml", "metrics.json", "history.csv"}
+    assert not (tmp_path / "train.partial").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    f1s = [h.val["f1"] for h in outcome.fit.history]
+    assert metrics["best_epoch"] == f1s.index(max(f1s)) + 1
+    assert metrics["val"]["f1"] == max(f1s)
+    assert [e[0] for e in recorder.events] == ["start", "epoch", "epoch", "epoch", "end"]
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,lr,")
+
+
+def test_killed_run_leaves_no_output_and_resumes_to_the_same_result(tmp_path, tiny_params):
+    params = tiny_params("train.epochs=3")
+    reference = train_from_params(params, out_dir=tmp_path / "reference", progress=False)
+
+    out = tmp_path / "train"
+    with pytest.raises(KeyboardInterrupt):
+        train_from_params(params, [Recorder(stop_after=2)], out_dir=out, progress=False)
+    assert not out.exists()  # nothing DVC could take for a finished stage
+    assert (tmp_path / "train.partial" / "last.pt").is_file()
+
+    resumed = train_from_params(params, out_dir=out, progress=False)
+    assert [h.epoch for h in resumed.fit.history] == [0, 1, 2]
+    assert [h.train_loss for h in resumed.fit.history] == pytest.approx(
+        [h.train_loss for h in reference.fit.history], rel=1e-4)
+    assert resumed.fit.best_val["f1"] == pytest.approx(reference.fit.best_val["f1"], abs=1e-6)
+
+
+def test_changed_params_do_not_resume_stale_state(tmp_path, tiny_params):
+    out = tmp_path / "train"
+    with pytest.raises(KeyboardInterrupt):
+        train_from_params(tiny_params("train.epochs=3"), [Recorder(stop_after=1)], out_dir=out, progress=False)
+    outcome = train_from_params(tiny_params("train.epochs=3", "train.lr=1e-4"), out_dir=out, progress=False)
+    assert len(outcome.fit.history) == 3 and outcome.fit.history[0].epoch == 0
+
+
+def test_early_stopping_stops_when_f1_does_not_improve(tiny_params):
+    # A vanishing learning rate freezes the model, so validation F1 cannot improve after epoch 1.
+    outcome = train_from_params(tiny_params("train.epochs=6", "train.lr=1e-12", "train.early_stopping_patience=2"),
+                                progress=False)
+    assert outcome.fit.stopped_early
+    assert len(outcome.fit.history) == 3
+
+
+def test_non_finite_loss_is_reported(tiny_params):
+    params = tiny_params()
+    from pipeline.models.factory import build_model
+
+    model = build_model(params)
+    train_loader, val_loader = build_loaders(params)
+    optimizer = build_optimizer(list(model.parameters()), params.train)
+
+    def nan_loss(logits, target):
+        return logits.mean() * math.nan
+
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1"):
+        fit(model, train_loader, val_loader, nan_loss, optimizer, LrSchedule(optimizer, params.train, 1),
+            LoopConfig(epochs=1, progress=False))
+
+
+def test_best_weights_are_restored_into_the_model(tiny_params):
+    outcome = train_from_params(tiny_params("train.epochs=3"), progress=False)
+    _, val_loader = build_loaders(tiny_params())
+    from pipeline.metrics import SegmentationMeter
+    from pipeline.training.inference import predict_batches
+
+    meter = SegmentationMeter(with_tolerance=False)
+    for probs, masks in predict_batches(outcome.model, val_loader, torch.device("cpu")):
+        meter.update(probs, masks)
+    assert meter.compute()["f1"] == pytest.approx(outcome.fit.best_f1, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "step, schedule, warmup, power, expected",
+    [
+        (0, "cosine", 0, 0, 1.0),
+        (50, "cosine", 0, 0, 0.5),  # half-way down the cosine
+        (100, "cosine", 0, 0, 0.0),
+        (0, "poly", 300, 6, 1 / 300),  # CrackSAM: linear warm-up over 300 iterations
+        (299, "poly", 300, 6, 1.0),
+        (300, "poly", 300, 6, 1.0),
+        (650, "poly", 300, 6, 0.5**6),  # half-way through the decay, power 6
+        (10, "constant", 0, 0, 1.0),
+    ],
+)
+def test_lr_factors(step, schedule, warmup, power, expected):
+    total = 1000 if schedule == "poly" else 100
+    assert lr_factor(step, total, schedule, warmup, power) == pytest.approx(expected)
+
+
+def test_plateau_and_multistep_schedules_step_per_epoch(tiny_params):
+    params = tiny_params("train.schedule=multistep", "train.milestones=[1]", "train.gamma=0.5", "train.lr=0.01")
+    layer = torch.nn.Linear(1, 1)
+    optimizer = build_optimizer(list(layer.parameters()), params.train)
+    schedule = LrSchedule(optimizer, params.train, steps_per_epoch=5)
+    schedule.step_iteration()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    schedule.step_epoch(0.3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+
+    params = tiny_params("train.schedule=plateau", "train.plateau_patience=0", "train.gamma=0.1", "train.lr=0.01")
+    optimizer = build_optimizer(list(layer.parameters()), params.train)
+    schedule = LrSchedule(optimizer, params.train, steps_per_epoch=5)
+    schedule.step_epoch(0.5)
+    schedule.step_epoch(0.4)  # no improvement of validation F1: decay
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_training_on_crackforest_improves_f1(tmp_path, cfd_root):
+    """Real cracks: F1 must rise above its first-epoch value within a few epochs on the CPU."""
+    from pipeline.data import prepare_dataset
+    from pipeline.params import load_params
+
+    prepared = tmp_path / "cfd"
+    prepare_dataset(cfd_root, prepared, img_size=256, val_fraction=0.15, test_fraction=0.15, seed=0)
+    params = load_params("missing.yaml", [
+        "data.img_size=256", f"data.prepared_dir={prepared}", "mlflow.enabled=false",
+        "train.epochs=6", "train.batch_size=2", "train.lr=3e-4",
+    ])
+    history = train_from_params(params, progress=False).fit.history
+    f1 = [epoch.val["f1"] for epoch in history]
+    assert max(f1[1:]) > f1[0], f1
+    assert history[-1].train_loss < history[0].train_loss
