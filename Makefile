@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.crackops-installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-all setup clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Adds the slow tests: a real MLflow server over HTTP, serving, multi-family dvc repro runs.
+test-all: $(STAMP)
+	CRACKOPS_SLOW_TESTS=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf outputs data/prepared data/synthetic data/zero_shot

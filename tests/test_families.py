@@ -263,6 +263,7 @@ def _check_lite_run(client, run, tmp_path: Path) -> None:
     assert run.data.params["data.train_images"] == str(subset["count"]) == str(len(subset["stems"]))
 
 
+@pytest.mark.slow
 def test_dvc_repro_sam_lite(tmp_path):
     tp = _pipeline_helpers()
     project = tp.make_project(tmp_path, LITE)

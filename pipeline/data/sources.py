@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+from pipeline.atomic import write_json
 from pipeline.data.prepare import prepare_dataset
 from pipeline.data.synthetic import generate_dataset
 from pipeline.errors import DatasetError
@@ -66,8 +68,18 @@ def prepare_from_params(params: Params) -> dict:
     data = params.data
     manifest = prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
                                data.val_fraction, data.test_fraction, data.seed)
-    for (name, folder), entry in zip(zero_shot_sets(params).items(), params.eval.zero_shot):
+    sets = zero_shot_sets(params)
+    counts: dict[str, int] = {}
+    for (name, folder), entry in zip(sets.items(), params.eval.zero_shot):
         zero_shot = prepare_dataset(_zero_shot_source(data, entry), folder, data.img_size,
                                     data.val_fraction, data.test_fraction, data.seed, test_only=True)
-        manifest.setdefault("zero_shot", {})[name] = zero_shot["counts"]["test"]
+        counts[name] = zero_shot["counts"]["test"]
+    # DVC declares data/zero_shot as an output, so it exists (with an index) even with no sets,
+    # and sets dropped from eval.zero_shot do not linger in it.
+    ZERO_SHOT_ROOT.mkdir(parents=True, exist_ok=True)
+    for stale in ZERO_SHOT_ROOT.iterdir():
+        if stale.is_dir() and stale.name not in sets:
+            shutil.rmtree(stale)
+    write_json(ZERO_SHOT_ROOT / "sets.json", counts)
+    manifest["zero_shot"] = counts
     return manifest
