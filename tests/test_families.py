@@ -139,6 +139,7 @@ def test_deeplab_loads_an_imagenet_resnet101_backbone_and_rejects_other_files(tm
         load_deeplab_checkpoint(net, tmp_path / "missing.pth")
 
 
+@pytest.mark.slow
 def test_deeplab_training_step_with_focal_loss():
     torch.manual_seed(0)
     model = build_model(params_for("model.family=deeplabv3")).train()
@@ -159,6 +160,7 @@ def test_deeplab_training_step_with_focal_loss():
 # --- both families through the one training loop ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, extra", [
     ("sam_lite", ["model.student_checkpoint=null", "loss.kind=bce_lambda_dice", "loss.lambda=1", "loss.dice=smooth"]),
     # 4 training images, one optimiser step: ResNet-101 is heavy on a CPU

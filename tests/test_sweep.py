@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import mlflow
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from pipeline import cli
@@ -261,6 +260,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
     assert all(status != "RUNNING" for status, _ in states.values())
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_start_up_requeues_dead_and_unclaimed_trials_only(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(optuna_backend, "CLAIM_WAIT", 0.0)
     retry = optuna_backend.RetryStaleTrial()
