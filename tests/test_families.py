@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -232,6 +231,40 @@ def test_build_loaders_trains_on_the_seeded_subset_and_records_it(tiny_params, t
     assert record["stems"] == loader.dataset.stems and record["shots_per_dataset"] == 2 and record["count"] == 2
 
 
+# --- one sweep over every method ----------------------------------------------------------------
+
+
+def test_methods_compare_space_sets_each_family_with_its_own_defaults(tmp_path):
+    from search.objective import winning_values
+    from search.space import SpaceError, load_space
+
+    space = load_space("methods-compare")
+    grid = space.grid()
+    methods: dict[str, set[str]] = {}
+    for chosen in grid:
+        trial = space.trial_params({}, chosen)
+        methods.setdefault(trial.model.family, set()).add(trial.tuning.method)
+    assert len(grid) == 8
+    assert methods == {"sam": {"layernorm", "lora", "adapter", "decoder"}, "sam_lite": {"full"}, "deeplabv3": {"full"}}
+
+    deeplab = [chosen for chosen in grid if chosen["preset"] == "deeplabv3"]
+    assert sorted(chosen["loss.focal_gamma"] for chosen in deeplab) == [1.0, 2.0, 4.0]
+    trial = space.trial_params({"model": {"checkpoint": "checkpoints/sam_vit_b.pth"}}, deeplab[0])
+    assert trial.model.checkpoint is None  # a SAM checkpoint of the base params never reaches DeepLabV3
+    assert (trial.loss.kind, trial.loss.focal_alpha, trial.train.optimizer, trial.train.schedule) == (
+        "focal", 3.0, "sgd", "plateau")
+    lite = space.trial_params({}, {"preset": "sam_lite"})
+    assert (lite.loss.kind, lite.loss.lambda_, lite.loss.dice) == ("bce_lambda_dice", 1.0, "smooth")
+    best = winning_values(space, deeplab[0])  # what best_params.yaml and the retrain command get
+    assert "preset" not in best and best["model.family"] == "deeplabv3" and best["loss.focal_gamma"] == 1.0
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"presets": {"x": {"model.family": "deeplabv3", "tuning.method": "lora"}},
+                                   "parameters": {"preset": {"type": "categorical", "choices": ["x"]}}}))
+    with pytest.raises(SpaceError, match="preset.*tuning.method .lora. is a SAM method"):
+        load_space(str(bad))
+
+
 # --- done-when: every family through `dvc repro`, one MLflow experiment --------------------------
 
 LITE = {
@@ -279,8 +312,7 @@ def test_dvc_repro_sam_lite(tmp_path):
     _check_lite_run(client, runs["sam_lite"], tmp_path)
 
 
-@pytest.mark.skipif(not os.environ.get("CRACKOPS_SLOW_TESTS"), reason="several minutes on 2 CPU cores; "
-                    "set CRACKOPS_SLOW_TESTS=1 to run")
+@pytest.mark.slow
 def test_dvc_repro_sam_lite_then_deeplabv3_in_one_experiment(tmp_path):
     tp = _pipeline_helpers()
     dvc = str(tp.BIN / "dvc")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
+
+from pipeline.models.sam_lite.layers import LayerNorm2d
 
 
 class MultiScaleConv(nn.Module):
@@ -56,6 +57,7 @@ class CrackHead(nn.Module):
         self.mix_norm = LayerNorm2d(second)
         self.act = nn.GELU()
         self.logit = nn.Conv2d(second, 1, kernel_size=1)
+        self.to(memory_format=torch.channels_last)  # as the student's embeddings
 
     def forward(self, embeddings: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = self.up2(self.up1(embeddings))

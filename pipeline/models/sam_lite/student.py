@@ -4,8 +4,9 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
+
+from pipeline.models.sam_lite.layers import LayerNorm2d
 
 TIMM_MODEL = "tiny_vit_5m_224"
 EMBED_CHANNELS = 256  # SAM's image-embedding width, what the teacher's neck outputs
@@ -15,20 +16,15 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def _keep_last_stage_resolution(backbone: nn.Module) -> None:
-    # TinyViT ends at stride 32; MobileSAM drops the last merge's stride so that the final stage
-    # runs at stride 16, SAM's embedding grid. Weight shapes do not change.
-    merge = backbone.stages[-1].downsample
-    merge.conv2.conv.stride = (1, 1)
-
-
 class SamLiteStudent(nn.Module):
     """Images (B, 3, S, S) in [0, 1] -> embeddings (B, 256, G, G) on the teacher's grid G.
 
-    TinyViT's four stages (classifier dropped), the last at stride 16 as in MobileSAM, then SAM's
-    neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) to 256 channels. When the teacher ran at
-    another size than the student (e.g. teacher at 1024, student at 256), the embeddings are
-    resampled bilinearly to the teacher's grid ``embed_grid``.
+    TinyViT's four stages (classifier dropped, stride 32), then SAM's neck (1x1 conv, LayerNorm2d,
+    3x3 conv, LayerNorm2d) to 256 channels as in MobileSAM, then bilinear resampling to the
+    teacher's grid ``embed_grid`` (stride 16 of the teacher's input; e.g. 64x64 for a teacher at
+    1024, whatever size the student runs at). MobileSAM instead drops the last stage's
+    downsampling; resampling keeps timm's TinyViT as it is and runs the last stage and the neck on
+    a quarter of the positions, which matters on a CPU.
 
     timm's TinyViT is resolution-free (windowed attention with padding), so ``img_size`` is not a
     constructor argument there; it is kept here to check inputs and derive the native grid.
@@ -41,7 +37,6 @@ class SamLiteStudent(nn.Module):
         self.img_size = img_size
         self.embed_grid = embed_grid or img_size // SAM_PATCH
         backbone = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=0)
-        _keep_last_stage_resolution(backbone)
         self.patch_embed = backbone.patch_embed
         self.stages = backbone.stages
         width = backbone.num_features
@@ -54,13 +49,16 @@ class SamLiteStudent(nn.Module):
         # Not persistent: constants of the method, not weights to ship.
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        # Channels-last: TinyViT's attention stages work on (B, H, W, C), so its permutes become
+        # free views, and oneDNN's CPU convolutions are faster in this layout.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[-2:])
         if size != (self.img_size, self.img_size):
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {size}")
         x = (images * 255.0 - self.pixel_mean) / self.pixel_std
-        x = self.stages(self.patch_embed(x))
+        x = self.stages(self.patch_embed(x.contiguous(memory_format=torch.channels_last)))
         x = self.neck(x)
         if x.shape[-1] != self.embed_grid or x.shape[-2] != self.embed_grid:
             x = F.interpolate(x, size=(self.embed_grid, self.embed_grid), mode="bilinear", align_corners=False)
