@@ -5,8 +5,6 @@ evaluate stage adds its scores to the same run with :func:`log_evaluation`.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import numbers
@@ -29,7 +27,7 @@ from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
 from pipeline.tracking.setup import configure
 from pipeline.training.callbacks import Callback, FitResult
-from pipeline.training.run import HISTORY_FILE, METRICS_FILE, TrainOutcome, train_from_params
+from pipeline.training.run import HISTORY_FILE, METRICS_FILE, TrainOutcome, history_csv, train_from_params
 from pipeline.visualize import overlay_panel
 
 RUN_FILE = "mlflow_run.json"
@@ -105,16 +103,6 @@ def summary_metrics(outcome: TrainOutcome) -> dict[str, float]:
     return metrics
 
 
-def _history_csv(fit: FitResult) -> str:
-    rows = [{"epoch": item.epoch + 1, **item.metrics()} for item in fit.history]
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def log_overlays(params: Params, outcome: TrainOutcome) -> int:
     """``eval.n_overlays`` validation panels (image | truth | prediction) under ``overlays/``."""
     n = params.eval.n_overlays
@@ -143,7 +131,7 @@ def _log_outputs(params: Params, outcome: TrainOutcome, out_dir: Path | None) ->
         mlflow.log_artifact(str(out_dir / HISTORY_FILE))
         mlflow.log_artifact(str(out_dir / METRICS_FILE))
     else:
-        mlflow.log_text(_history_csv(outcome.fit), HISTORY_FILE)
+        mlflow.log_text(history_csv(outcome.fit), HISTORY_FILE)
         mlflow.log_dict(summary_metrics(outcome), METRICS_FILE)
     log_overlays(params, outcome)
     return model_uri

@@ -93,12 +93,14 @@ def params_digest(params: Params) -> str:
     return hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def _history_csv(result: FitResult) -> str:
+def history_csv(result: FitResult) -> str:
+    """Per-epoch metrics as CSV (header plus one row per epoch; empty for no epochs)."""
     rows = [{"epoch": item.epoch + 1, **item.metrics()} for item in result.history]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return buffer.getvalue()
 
 
@@ -165,7 +167,7 @@ def train_from_params(
             save_trained_model(model, params, tmp)
             if subset is not None:
                 write_json(tmp / SUBSET_FILE, subset)
-            (tmp / HISTORY_FILE).write_text(_history_csv(result))
+            (tmp / HISTORY_FILE).write_text(history_csv(result))
             write_json(tmp / METRICS_FILE, {
                 "best_epoch": result.best_epoch + 1, "epochs_run": len(result.history),
                 "val": result.best_val, "trainable_params": parameters.trainable,
