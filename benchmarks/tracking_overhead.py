@@ -19,9 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.data import load_manifest
-from pipeline.data.sources import prepare_from_params
-from pipeline.errors import DatasetError
+from pipeline.data.sources import ensure_training_data
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_params_file, validate
 from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.tracked_training import train_with_tracking
@@ -70,14 +68,6 @@ def time_logging_calls(into: list[float]) -> None:
     MlflowCallback.on_epoch_end = timed  # type: ignore[method-assign]
 
 
-def ensure_prepared(params: Params) -> None:
-    try:
-        load_manifest(Path(params.data.prepared_dir))
-    except DatasetError:
-        print(f"preparing {params.data.source} into {params.data.prepared_dir}", flush=True)
-        prepare_from_params(params)
-
-
 def run_once(params: Params, out_dir: Path, into: Samples) -> None:
     clock = WallClock()
     started = time.perf_counter()
@@ -103,7 +93,7 @@ def main() -> None:
     # Read once: every run trains exactly the same params even if the file changes meanwhile.
     tree = read_params_file(args.params)
     base = validate(apply_overrides(tree, args.overrides), str(args.params))
-    ensure_prepared(base)
+    ensure_training_data(base)
     prepared = Path(base.data.prepared_dir).resolve()
     samples = {"off": Samples(), "on": Samples()}
     logging_calls: list[float] = []

@@ -10,6 +10,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import CrackopsError
+from registry.lineage import architecture
 from registry.versions import alias_version, get_version, parse_models_uri
 
 _NAME_VERSION = re.compile(r"^(?P<name>[^/@:]+)/(?P<version>\d+)$")
@@ -79,8 +80,7 @@ def _number(value: float | None, digits: int = 4) -> str:
 def _method(entry: Entry) -> str:
     if entry.run is None:
         return "—"
-    params = entry.run.data.params
-    return f"{params.get('model.variant', '?')} {params.get('tuning.method', '?')}"
+    return f"{architecture(entry.run)} {entry.run.data.params.get('tuning.method', '?')}"
 
 
 def _seconds_per_epoch(entry: Entry) -> float | None:

@@ -5,12 +5,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 PARENT_TAG = "mlflow.parentRunId"
 # Run tags worth showing next to the code and data identity (the rest are MLflow bookkeeping).
-RUN_TAGS = ("model.family", "model.variant", "tuning.method", "data.source", "git.dirty", "trial.state")
+RUN_TAGS = ("model.architecture", "model.family", "model.variant", "tuning.method", "data.source", "git.dirty", "trial.state")
 # The params shown by default; --all-params shows every logged one.
 HEADLINE_PARAMS = ("data.source", "data.img_size", "model.family", "model.variant", "model.checkpoint",
                    "tuning.method", "train.epochs", "train.batch_size", "train.lr", "train.schedule", "train.seed",
@@ -19,6 +20,13 @@ HEADLINE_PARAMS = ("data.source", "data.img_size", "model.family", "model.varian
 
 # Per-metric scores and the gate settings: in the version's tags and description, too long for here.
 SCORE_TAGS = ("promotion.candidate.", "promotion.champion.", "promotion.gate")
+
+
+def architecture(run: Run) -> str:
+    """``sam/vit_b``, ``sam_lite/tiny_vit_5m``, ``deeplabv3/resnet101``: the run's tag (family/variant
+    for runs logged before the tag existed)."""
+    params = run.data.params
+    return run.data.tags.get("model.architecture") or f"{params.get('model.family', '?')}/{params.get('model.variant', '?')}"
 
 
 def _when(millis: int | None) -> str | None:

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from pipeline.atomic import write_json
 from pipeline.errors import CrackopsError
+from registry.lineage import architecture
 
 CANDIDATE_ALIAS = "candidate"
 # Scores copied onto the model version as tags: what a reviewer checks before promotion.
@@ -61,7 +62,7 @@ def describe(run: mlflow.entities.Run, metrics: dict[str, Any]) -> str:
     rows = [f"| {section} {key} | {value:.4f} |" for section, key in HEADLINE_SCORES
             if isinstance(value := lookup(metrics, section, key), (int, float))]
     return "\n".join([
-        f"Trained by run {run.info.run_id}: {params.get('model.family')}/{params.get('model.variant')}, "
+        f"Trained by run {run.info.run_id}: {architecture(run)}, "
         f"tuning {params.get('tuning.method')}, data {run.data.tags.get('data.manifest_sha256', 'unknown')[:12]}.",
         "", "| score | value |", "|---|---:|", *rows,
     ])

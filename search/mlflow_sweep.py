@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
+import optuna
 from mlflow.exceptions import MlflowException
 
 from pipeline.params import MlflowParams
 from pipeline.tracking.setup import configure
 from search.objective import FAILED, MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
-from search.results import BestTrial, format_value
+from search.optuna_plots import save_plots
+from search.results import BestTrial, SweepSummary, TrialRow, format_value, retrain_command, write_best
+
+if TYPE_CHECKING:
+    from search.config import SweepConfig
 
 TAG_SWEEP = "sweep.role"
 
@@ -123,3 +128,20 @@ def log_summary(run_id: str | None, metric: str, best: BestTrial | None, counts:
         client.log_artifact(run_id, str(path))
     for path in plots:
         client.log_artifact(run_id, str(path), "plots")
+
+
+def conclude(config: "SweepConfig", rows: list[TrialRow], counts: dict[str, int], best: BestTrial | None,
+             parent_id: str | None, plot_study: optuna.Study, trials_csv: Path | None) -> SweepSummary:
+    """Both backends' last step: best-params files, Optuna's plots, the parent run's summary."""
+    space = config.space
+    summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
+    files: list[Path] = []
+    if best is not None:
+        files = write_best(config.out_dir, best, space.metric)
+        summary.command = retrain_command(best.values)
+    summary.files = list(files)
+    plots, skipped = save_plots(plot_study, config.out_dir, space.metric)
+    for name, why in skipped.items():
+        print(f"plot {name} skipped: {why}", flush=True)
+    log_summary(parent_id, space.metric, best, counts, files + ([trials_csv] if trials_csv else []), plots)
+    return summary

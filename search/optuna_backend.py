@@ -38,13 +38,12 @@ from pipeline.atomic import write_text
 from pipeline.data import load_manifest
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, log_summary, sweep_run
+from search.mlflow_sweep import close_orphan_children, conclude, sweep_run
 from search.objective import (
     TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, describe, run_trial, winning_values,
 )
-from search.optuna_plots import save_plots
 from search.results import (
-    BestTrial, SweepSummary, TrialRow, format_summary, format_table, retrain_command, trial_line, write_best,
+    BestTrial, SweepSummary, TrialRow, format_summary, format_table, trial_line,
 )
 from search.space import SearchSpace
 
@@ -467,19 +466,8 @@ def _write_trials_csv(study: optuna.Study, out_dir: Path) -> Path | None:
 def _finish(study: optuna.Study, config: SweepConfig, parent_id: str | None) -> SweepSummary:
     """Best files, plots, the parent run's summary; returns what to print."""
     space = config.space
-    rows, counts, best = all_rows(study, space), count_states(study), best_of(study, space)
-    summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
-    files: list[Path] = []
-    if best is not None:
-        files = write_best(config.out_dir, best, space.metric)
-        summary.command = retrain_command(best.values)
-    summary.files = list(files)
-    trials_csv = _write_trials_csv(study, config.out_dir)
-    plots, skipped = save_plots(study, config.out_dir, space.metric)
-    for name, why in skipped.items():
-        print(f"plot {name} skipped: {why}", flush=True)
-    log_summary(parent_id, space.metric, best, counts, files + ([trials_csv] if trials_csv else []), plots)
-    return summary
+    return conclude(config, all_rows(study, space), count_states(study), best_of(study, space), parent_id,
+                    study, _write_trials_csv(study, config.out_dir))
 
 
 def run_optuna_sweep(config: SweepConfig) -> SweepSummary:

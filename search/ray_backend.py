@@ -51,15 +51,14 @@ from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
 from pipeline.tracking.setup import resolve_tracking_uri
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, log_summary, sweep_run
+from search.mlflow_sweep import close_orphan_children, conclude, sweep_run
 from search.objective import (
     FAILED, FINISHED, MAX_REASON, PRUNED, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
     ReportingCallback, TrialFailure, metric_value, run_trial, winning_values,
 )
 from search.optuna_backend import encode_point, make_sampler, space_digest
-from search.optuna_plots import save_plots
 from search.results import (
-    BestTrial, SweepSummary, TrialRow, format_summary, format_table, retrain_command, trial_line, write_best,
+    BestTrial, SweepSummary, TrialRow, format_summary, format_table, trial_line,
 )
 from search.space import SearchSpace
 
@@ -602,13 +601,13 @@ def _run(config: SweepConfig) -> SweepSummary:
 def register_dataset(params: Params) -> None:
     """The training data as the parent run's input, logged before any trial starts.
 
-    MLflow creates a dataset once per experiment; two trials creating the same one at the same
-    moment collide (a UNIQUE constraint in the tracking store), so the driver creates it first.
+    MLflow creates a dataset once per experiment; the driver creates it first so the trials, which
+    start together, find it instead of racing to create it.
     """
     from pipeline.tracking.lineage import manifest_digest
-    from pipeline.tracking.tracked_training import _dataset  # the trials' own dataset entry
+    from pipeline.tracking.tracked_training import mlflow_dataset  # the trials' own dataset entry
 
-    mlflow.log_input(_dataset(params, manifest_digest(params.data.prepared_dir)), context="sweep")
+    mlflow.log_input(mlflow_dataset(params, manifest_digest(params.data.prepared_dir)), context="sweep")
 
 
 def _close_interrupted(trials: list[Trial], rows: list[TrialRow]) -> None:
@@ -627,16 +626,5 @@ def _finish(config: SweepConfig, rows: list[TrialRow], parent_id: str | None) ->
     """Best files, plots, the trials table and the parent run's summary; returns what to print."""
     space = config.space
     rows = sorted(rows, key=lambda row: row.number)
-    counts, best = count_rows(rows), best_of(space, rows)
-    summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
-    files: list[Path] = []
-    if best is not None:
-        files = write_best(config.out_dir, best, space.metric)
-        summary.command = retrain_command(best.values)
-    summary.files = list(files)
-    trials_csv = write_trials_csv(rows, config.out_dir)
-    plots, skipped = save_plots(mirror_study(space, rows), config.out_dir, space.metric)
-    for name, why in skipped.items():
-        print(f"plot {name} skipped: {why}", flush=True)
-    log_summary(parent_id, space.metric, best, counts, files + ([trials_csv] if trials_csv else []), plots)
-    return summary
+    return conclude(config, rows, count_rows(rows), best_of(space, rows), parent_id, mirror_study(space, rows),
+                    write_trials_csv(rows, config.out_dir))

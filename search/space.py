@@ -28,7 +28,6 @@ A trial's values are the fixed ones, then its preset's, then its other sampled o
 """
 from __future__ import annotations
 
-import itertools
 import math
 from decimal import Decimal
 from pathlib import Path

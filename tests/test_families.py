@@ -16,7 +16,7 @@ from pipeline.data.limited import groups_from_pattern, select_training_stems
 from pipeline.errors import CheckpointError, DatasetError, ParamsError
 from pipeline.losses import build_loss
 from pipeline.models.deeplab import build_deeplabv3, load_deeplab_checkpoint
-from pipeline.models.factory import build_model
+from pipeline.models.factory import build_model, model_label
 from pipeline.models.head_tuning import apply_head_tuning
 from pipeline.models.sam_lite import CrackHead, MultiScaleConv, SamLiteStudent
 from pipeline.models.trained import load_trained_model
@@ -79,6 +79,13 @@ def test_count_params_sam_lite_matches_the_study(capsys):
     assert json.loads(capsys.readouterr().out)["trainable"] == SAM_LITE_HEAD
 
 
+def test_each_family_is_labelled_by_its_architecture():
+    # The label goes into run tags, reports and comparison tables: SAM's variant means nothing for the others.
+    assert model_label(params_for("model.family=sam", "model.variant=vit_b")) == "sam/vit_b"
+    assert model_label(params_for("model.family=sam_lite")) == "sam_lite/tiny_vit_5m"
+    assert model_label(params_for("model.family=deeplabv3")) == "deeplabv3/resnet101"
+
+
 def test_tuning_method_must_fit_the_family():
     for family in ("sam_lite", "deeplabv3"):
         with pytest.raises(ParamsError, match="tuning.method 'lora'.*full.*decoder"):
@@ -138,7 +145,6 @@ def test_deeplab_loads_an_imagenet_resnet101_backbone_and_rejects_other_files(tm
         load_deeplab_checkpoint(net, tmp_path / "missing.pth")
 
 
-@pytest.mark.slow
 def test_deeplab_training_step_with_focal_loss():
     torch.manual_seed(0)
     model = build_model(params_for("model.family=deeplabv3")).train()
@@ -159,12 +165,11 @@ def test_deeplab_training_step_with_focal_loss():
 # --- both families through the one training loop ------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family, extra", [
     ("sam_lite", ["model.student_checkpoint=null", "loss.kind=bce_lambda_dice", "loss.lambda=1", "loss.dice=smooth"]),
-    # 4 training images, one optimiser step: ResNet-101 is heavy on a CPU
-    ("deeplabv3", ["loss.kind=focal", "loss.focal_gamma=2", "train.optimizer=sgd", "train.lr=0.01",
-                   "train.schedule=plateau", "data.shots_per_dataset=4"]),
+    # 4 training images, one optimiser step: ResNet-101 is still heavy on a CPU (about 10 s)
+    pytest.param("deeplabv3", ["loss.kind=focal", "loss.focal_gamma=2", "train.optimizer=sgd", "train.lr=0.01",
+                               "train.schedule=plateau", "data.shots_per_dataset=4"], marks=pytest.mark.slow),
 ])
 def test_family_trains_one_epoch_through_train_from_params(family, extra, tiny_params, tmp_path):
     params = tiny_params(f"model.family={family}", "train.epochs=1", *extra)

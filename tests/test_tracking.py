@@ -158,6 +158,7 @@ def test_run_records_params_metrics_and_lineage(workspace: Path, tracked: tuple[
     assert tags["data.dvc_md5"] == DVC_MD5
     assert tags["data.manifest_sha256"] == manifest_digest(workspace / "data/prepared")
     assert tags["model.variant"] == "vit_tiny" and tags["tuning.method"] == "full"
+    assert tags["model.architecture"] == "sam/vit_tiny"
     assert tags["purpose"] == "test"
     commit = git_commit()
     if commit:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.data.prepare import prepare_dataset
+from pipeline.data.prepare import load_manifest, prepare_dataset
 from pipeline.data.synthetic import generate_dataset
 from pipeline.errors import DatasetError
 from pipeline.params import DataParams, Params
@@ -61,6 +61,21 @@ def _zero_shot_source(data: DataParams, entry: str) -> Path:
     if not folder.exists():
         raise DatasetError(f"eval.zero_shot: dataset folder {folder} does not exist")
     return folder
+
+
+def ensure_training_data(params: Params) -> dict:
+    """The manifest of ``data.prepared_dir``, preparing ``data.source`` into it first if it is missing.
+
+    For tools that only train (benchmarks): zero-shot sets, which belong to the DVC stage's outputs,
+    are left alone.
+    """
+    data = params.data
+    try:
+        return load_manifest(Path(data.prepared_dir))
+    except DatasetError:
+        print(f"preparing {data.source} into {data.prepared_dir}", flush=True)
+        return prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
+                               data.val_fraction, data.test_fraction, data.seed)
 
 
 def prepare_from_params(params: Params) -> dict:

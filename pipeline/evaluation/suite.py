@@ -22,6 +22,7 @@ from pipeline.errors import DatasetError
 from pipeline.evaluation.report import render_report
 from pipeline.evaluation.scoring import SetScore, score_set
 from pipeline.evaluation.sets import EvalSet, build_eval_sets
+from pipeline.models.factory import model_label
 from pipeline.params import Params
 from pipeline.training.precision import autocast_dtype, pick_device
 
@@ -188,7 +189,7 @@ def run_evaluation(
         report = render_report(
             metrics, threshold=ev.threshold, tolerance=ev.tolerance, n_thresholds=ev.n_thresholds,
             n_images={s.name: s.n_images for s in scores}, overlays=overlays, plots=plots,
-            subtitle=(f"Model: {params.model.family}/{params.model.variant}, tuning `{params.tuning.method}`, "
+            subtitle=(f"Model: {model_label(params)}, tuning `{params.tuning.method}`, "
                       f"{params.data.img_size}x{params.data.img_size} inputs."),
         )
         (tmp / REPORT_FILE).write_text(report)

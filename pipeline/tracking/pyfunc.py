@@ -39,7 +39,7 @@ from pipeline.training.precision import pick_device
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipeline` package, shipped as model code
 # Pinned from the running environment, so MLflow does not spend time inferring them at log time.
 PIP_PACKAGES = ("torch", "torchvision", "segment-anything", "peft", "safetensors", "opencv-python-headless",
-                "pyyaml", "pydantic", "numpy", "pandas", "albumentations")
+                "pyyaml", "pydantic", "numpy", "pandas", "albumentations", "timm")
 IMAGE_COLUMN = "image"
 MODEL_CODE_FILE = "crack_segmenter.py"
 MODEL_CODE = (

@@ -17,16 +17,18 @@ import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
 from pipeline.atomic import write_json
 from pipeline.data import CrackDataset, load_manifest
+from pipeline.models.factory import model_label
 from pipeline.params import Params
 from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest
 from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
 from pipeline.tracking.setup import configure
-from pipeline.training.callbacks import Callback, FitResult
+from pipeline.training.callbacks import Callback
 from pipeline.training.run import HISTORY_FILE, METRICS_FILE, TrainOutcome, history_csv, train_from_params
 from pipeline.visualize import overlay_panel
 
@@ -45,6 +47,7 @@ def lineage_tags(params: Params) -> dict[str, str]:
     tags = {
         "model.family": params.model.family,
         "model.variant": params.model.variant,
+        "model.architecture": model_label(params),
         "tuning.method": params.tuning.method,
         "data.source": params.data.source,
         "data.manifest_sha256": manifest_digest(params.data.prepared_dir),
@@ -70,7 +73,8 @@ def _dataset_name(source: str) -> str:
     return source if source == "synthetic" else Path(source).resolve().name
 
 
-def _dataset(params: Params, digest: str) -> MetaDataset:
+def mlflow_dataset(params: Params, digest: str) -> MetaDataset:
+    """The prepared data as an MLflow dataset: its folder, source name and manifest digest."""
     prepared = Path(params.data.prepared_dir).resolve()
     with warnings.catch_warnings():
         # MLflow registers two equivalent local sources ("" and "file") and warns about the tie.
@@ -82,8 +86,16 @@ def _dataset(params: Params, digest: str) -> MetaDataset:
 def _log_inputs(params: Params, digest: str) -> None:
     mlflow.log_params(param_values(params))
     counts = load_manifest(Path(params.data.prepared_dir)).get("counts", {})
-    mlflow.log_input(_dataset(params, digest), context="training",
-                     tags={f"count.{split}": str(n) for split, n in counts.items()})
+    dataset = mlflow_dataset(params, digest)
+    tags = {f"count.{split}": str(n) for split, n in counts.items()}
+    try:
+        mlflow.log_input(dataset, context="training", tags=tags)
+    except MlflowException as error:
+        # Two runs creating the experiment's dataset at the same moment (parallel trials, several
+        # workers) collide on the store's UNIQUE constraint; the loser finds it on a second try.
+        if "unique" not in str(error).lower():
+            raise
+        mlflow.log_input(dataset, context="training", tags=tags)
 
 
 def summary_metrics(outcome: TrainOutcome) -> dict[str, float]:

@@ -1,0 +1,325 @@
+"""Search efficiency: SAC-style random search over a grid against TPE with ASHA pruning, in trial-epochs.
+
+Both searches draw from the same space (``sac-config3`` by default: 150 grid points, 4 epochs a trial)
+on the same data with the same seeds, using the sweep's own pieces: ``SearchSpace.grid_sample`` (the
+SAC protocol: 5% of the grid, every point trained in full), ``space.suggest`` with the sampler and
+pruner that ``crackops sweep --sampler tpe --pruner asha`` builds, and one epoch reported at a time.
+
+Each configuration is trained through the one training loop (``train_from_params``) with the
+space's full schedule, as far as any search has asked of it, and its per-epoch validation F1 is
+stored; a search that asks for more epochs resumes it from the loop's resume state, and a search
+that visits it again reads the stored scores. Training is seeded (``train.seed``) and a resumed
+training gives the same curve as an uninterrupted one, so the searches see exactly what
+``crackops sweep`` would see, and sharing the trainings makes several seeds affordable. A search is
+charged for the epochs it would have trained (a pruned trial only for its epochs so far).
+
+For every seed, the random search's best validation F1 (over its complete trials) is the target;
+the report gives the trial-epochs the random search spent on the whole protocol and until its best
+trial ended, and the trial-epochs TPE+ASHA needed until a complete trial reached the target.
+
+    python benchmarks/search_efficiency.py [--space sac-config3] [--seeds 5] [--max-factor 2] [-S key=value ...]
+
+Results: ``<out>/report.md``, ``<out>/traces.csv`` and ``<out>/best_so_far.png``; the curve cache is
+``<out>/curves-<params digest>.json`` (written atomically after every training, so a killed run loses
+at most the training under way), with resume states under ``<out>/curves-<digest>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from pipeline.atomic import write_json, write_text
+from pipeline.data.sources import ensure_training_data
+from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_params_file, validate
+from pipeline.training.loop import NonFiniteLossError
+from pipeline.training.callbacks import Callback, EpochResult
+from pipeline.training.run import resume_dir, train_from_params
+from search.optuna_backend import make_pruner, make_sampler
+from search.space import SearchSpace, load_space
+
+
+def config_key(chosen: dict[str, Any]) -> str:
+    return json.dumps(chosen, sort_keys=True)
+
+
+class _EnoughEpochs(Exception):
+    """Ends a training after the epochs asked for; its resume state stays for later epochs."""
+
+
+class _RecordEpochs(Callback):
+    def __init__(self, metric: str, stop_after: int, into: list[float]) -> None:
+        self.metric, self.stop_after, self.into = metric, stop_after, into
+
+    def on_epoch_end(self, result: EpochResult) -> None:
+        self.into.append(float(result.metrics()[self.metric]))
+        if result.epoch + 1 >= self.stop_after:
+            raise _EnoughEpochs
+
+
+class CurveTable:
+    """Per-epoch validation scores of each configuration, trained as far as a search asks, on disk.
+
+    A configuration is trained for as many epochs as any search has asked of it so far, through the
+    one training loop with the space's full schedule; asked for more, it resumes from the loop's own
+    resume state (``last.pt``), as a Ray Tune trial resumes, which gives the same curve as one
+    uninterrupted training. A pruned trial therefore costs only the epochs it ran.
+    """
+
+    def __init__(self, space: SearchSpace, base_tree: dict[str, Any], path: Path) -> None:
+        self.space = space
+        self.base_tree = base_tree
+        self.path = path
+        self.work_root = path.with_suffix("")
+        self.curves: dict[str, dict[str, Any]] = {}
+        self.epochs_trained = 0
+        self.seconds = 0.0
+        if path.is_file():
+            stored = json.loads(path.read_text())["curves"]
+            # A plain list is a full curve from an earlier version of this script.
+            self.curves = {key: value if isinstance(value, dict) else {"values": value, "done": True}
+                           for key, value in stored.items()}
+
+    def values(self, chosen: dict[str, Any], epochs: int) -> list[float]:
+        """The first ``epochs`` scores (fewer if training failed: a NaN ends the list)."""
+        entry = self.curves.setdefault(config_key(chosen), {"values": [], "done": False})
+        if len(entry["values"]) < epochs and not entry["done"]:
+            self._extend(chosen, entry, epochs)
+            write_json(self.path, {"space": self.space.name, "curves": self.curves})
+        return entry["values"][:epochs]
+
+    def _extend(self, chosen: dict[str, Any], entry: dict[str, Any], epochs: int) -> None:
+        params = self.space.trial_params(self.base_tree, chosen)
+        work = self.work_root / hashlib.sha256(config_key(chosen).encode()).hexdigest()[:16]
+        new: list[float] = []
+        started = time.perf_counter()
+        print(f"training {chosen} to epoch {epochs}", flush=True)
+        try:
+            with resume_dir(work):
+                train_from_params(params, [_RecordEpochs(self.space.metric, epochs, new)], progress=False)
+        except _EnoughEpochs:
+            pass
+        except NonFiniteLossError:
+            new.append(math.nan)  # the sweep records the trial failed at this epoch
+        self.seconds += time.perf_counter() - started
+        self.epochs_trained += len(new)
+        entry["values"] = entry["values"] + new
+        if len(entry["values"]) >= self.space.epochs or (new and not math.isfinite(new[-1])):
+            entry["done"] = True
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Trace:
+    """One search run: after each finished trial, the trial-epochs spent and the best value so far."""
+
+    method: str
+    seed: int
+    points: list[tuple[int, float]] = field(default_factory=list)  # (trial-epochs, best so far)
+    trials: int = 0
+    pruned: int = 0
+
+    @property
+    def spent(self) -> int:
+        return self.points[-1][0] if self.points else 0
+
+    @property
+    def best(self) -> float:
+        return self.points[-1][1] if self.points else -math.inf
+
+    def epochs_to_reach(self, target: float) -> int | None:
+        return next((spent for spent, best in self.points if best >= target - 1e-12), None)
+
+
+def finite_max(values: list[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return max(finite) if finite else -math.inf
+
+
+def random_grid_search(space: SearchSpace, table: CurveTable, seed: int) -> Trace:
+    """The SAC protocol: a seeded share of the grid without replacement, every point trained in full."""
+    trace, spent, best = Trace("random (grid share, SAC)", seed), 0, -math.inf
+    for chosen in space.grid_sample(seed):
+        curve = table.values(chosen, space.epochs)
+        spent += len(curve)
+        best = max(best, finite_max(curve))
+        trace.trials += 1
+        trace.points.append((spent, best))
+    return trace
+
+
+def optuna_search(space: SearchSpace, table: CurveTable, seed: int, sampler: str, pruner: str,
+                  budget: int, stop: Callable[[float], bool]) -> Trace:
+    """Ask-and-tell with the sweep's sampler and pruner until ``budget`` trial-epochs or ``stop(best)``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=space.direction, sampler=make_sampler(sampler, seed),
+                                pruner=make_pruner(pruner))
+    trace, spent, best = Trace(f"{sampler}+{pruner}", seed), 0, -math.inf
+    while spent < budget and not stop(best):
+        trial = study.ask()
+        chosen = space.suggest(trial)
+        trace.trials += 1
+        pruned = False
+        curve: list[float] = []
+        for step in range(1, space.epochs + 1):
+            curve = table.values(chosen, step)
+            if len(curve) < step:
+                break
+            spent += 1
+            if not math.isfinite(curve[-1]):
+                break
+            trial.report(curve[-1], step)
+            if step < space.epochs and trial.should_prune():
+                pruned = True
+                break
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            trace.pruned += 1
+        elif len(curve) == space.epochs and all(math.isfinite(value) for value in curve):
+            value = finite_max(curve)
+            study.tell(trial, value)
+            best = max(best, value)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        trace.points.append((spent, best))
+    return trace
+
+
+def params_digest(tree: dict[str, Any], space: SearchSpace) -> str:
+    text = json.dumps({"params": tree, "space": space.model_dump()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, table: CurveTable,
+           max_factor: float, grid_points: int) -> str:
+    lines = [f"# Search efficiency: {space.name}", "",
+             f"Space `{space.name}`: {grid_points} grid points, {space.epochs} epochs a trial, "
+             f"metric {space.metric}. Model {base.model.family}/{base.model.variant} tuning={base.tuning.method}, "
+             f"data {base.data.source} at {base.data.img_size}x{base.data.img_size}. "
+             f"{len(table.curves)} distinct configurations trained, "
+             f"{table.epochs_trained} epochs of them in this run ({table.seconds / 60:.1f} min).", "",
+             "| seed | random: best val F1 | random: trial-epochs (whole protocol) | random: trial-epochs to its best "
+             "| TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials (pruned) by then | TPE+ASHA / random (whole) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    needed, totals, to_best = [], [], []
+    for random_trace, tpe_trace in pairs:
+        target = random_trace.best
+        reached = tpe_trace.epochs_to_reach(target)
+        own = random_trace.epochs_to_reach(target)
+        totals.append(random_trace.spent)
+        to_best.append(own)
+        needed.append(reached)
+        upto = [i for i, (spent, _) in enumerate(tpe_trace.points) if reached is not None and spent <= reached]
+        trials = (len(upto), tpe_trace.pruned) if reached is not None else (tpe_trace.trials, tpe_trace.pruned)
+        ratio = f"{reached / random_trace.spent:.2f}" if reached is not None else f"> {tpe_trace.spent / random_trace.spent:.2f}"
+        lines.append(f"| {random_trace.seed} | {target:.4f} | {random_trace.spent} | {own} | "
+                     f"{reached if reached is not None else f'not within {tpe_trace.spent}'} | "
+                     f"{trials[0]} | {ratio} |")
+    reached_all = [n for n in needed if n is not None]
+    # An unreached seed counts as the whole TPE budget it spent: a lower bound on what it needed.
+    charged = [n if n is not None else pair[1].spent for pair, n in zip(pairs, needed)]
+    ratios = [spent / total for spent, total in zip(charged, totals)]
+    lines += ["", f"TPE+ASHA reached the random search's best in {len(reached_all)} of {len(pairs)} seeds "
+              f"(stopping at {max_factor:g}x the random search's trial-epochs). Median trial-epochs to reach it: "
+              f"{statistics.median(charged):.1f} (mean {statistics.mean(charged):.1f}; unreached seeds counted "
+              f"at their whole budget) against {statistics.median(totals):.0f} for the whole random protocol "
+              f"(median to its own best, in hindsight: {statistics.median(to_best):.1f}). "
+              f"Median ratio TPE+ASHA / random protocol: {statistics.median(ratios):.2f} (target: at most 0.5)."]
+    return "\n".join(lines) + "\n"
+
+
+def traces_csv(traces: list[Trace]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "seed", "trial", "trial_epochs", "best_so_far"])
+    for trace in traces:
+        for index, (spent, best) in enumerate(trace.points, start=1):
+            writer.writerow([trace.method, trace.seed, index, spent, "" if math.isinf(best) else f"{best:.6f}"])
+    return buffer.getvalue()
+
+
+def plot(traces: list[Trace], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours: dict[str, str] = {}
+    for trace in traces:
+        xs = [0] + [spent for spent, _ in trace.points]
+        ys = [math.nan] + [best if math.isfinite(best) else math.nan for _, best in trace.points]
+        colour = colours.setdefault(trace.method, f"C{len(colours)}")
+        axis.step(xs, ys, where="post", color=colour, alpha=0.7,
+                  label=trace.method if list(colours).index(trace.method) == len(colours) - 1
+                  and trace is next(t for t in traces if t.method == trace.method) else None)
+    axis.set_xlabel("trial-epochs spent")
+    axis.set_ylabel("best validation F1 of a complete trial")
+    axis.set_title("Best so far, one line per seed")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    figure.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE)
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--space", default="sac-config3")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max-factor", type=float, default=2.0,
+                        help="TPE+ASHA stops at this multiple of the random search's trial-epochs if not there yet")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/search-efficiency"))
+    args = parser.parse_args()
+
+    space = load_space(args.space)
+    tree = apply_overrides(read_params_file(args.params), [*args.overrides, "mlflow.enabled=false"])
+    base = validate(tree, str(args.params))
+    ensure_training_data(base)
+    tree = base.to_dict()
+    tree["data"]["prepared_dir"] = str(Path(base.data.prepared_dir).resolve())
+    table = CurveTable(space, tree, args.out / f"curves-{params_digest(tree, space)}.json")
+    print(f"cache: {table.path} ({len(table.curves)} configurations stored)", flush=True)
+
+    pairs: list[tuple[Trace, Trace]] = []
+    for seed in range(args.seeds):
+        random_trace = random_grid_search(space, table, seed)
+        target = random_trace.best
+        tpe_trace = optuna_search(space, table, seed, "tpe", "asha", math.ceil(args.max_factor * random_trace.spent),
+                                  stop=lambda best, target=target: best >= target - 1e-12)
+        pairs.append((random_trace, tpe_trace))
+        print(f"seed {seed}: random best {target:.4f} after {random_trace.spent} trial-epochs; "
+              f"TPE+ASHA reached it after {tpe_trace.epochs_to_reach(target)} "
+              f"({tpe_trace.trials} trials, {tpe_trace.pruned} pruned)", flush=True)
+
+    text = report(space, pairs, base, table, args.max_factor, len(space.grid()))
+    traces = [trace for pair in pairs for trace in pair]
+    write_text(args.out / "report.md", text)
+    write_text(args.out / "traces.csv", traces_csv(traces))
+    plot(traces, args.out / "best_so_far.png")
+    print("\n" + text)
+    print(f"written: {args.out / 'report.md'}, {args.out / 'traces.csv'}, {args.out / 'best_so_far.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
