@@ -13,12 +13,9 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -27,49 +24,10 @@ from mlflow import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from pipeline.errors import CrackopsError  # noqa: E402
+from registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise CrackopsError(f"mlflow server exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise CrackopsError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def start_server(backend_store_uri: str, log: Path) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", backend_store_uri,
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(url, proc)
-    return url, proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def page_urls(client: MlflowClient, ui: str, experiment: str, model: str, max_runs: int) -> dict[str, str]:
@@ -133,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         ui = args.ui_url
         if ui is None:
             args.out.mkdir(parents=True, exist_ok=True)
-            ui, proc = start_server(args.backend_store_uri, args.out / "mlflow-server.log")
+            ui, proc = start_mlflow_server(args.backend_store_uri, args.out / "mlflow-server.log")
         try:
             urls = page_urls(MlflowClient(ui), ui.rstrip("/"), args.experiment, args.model, args.max_runs)
             for name, url in urls.items():
@@ -142,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}  <-  {url}")
         finally:
             if proc is not None:
-                stop_server(proc)
+                stop_process_group(proc)
     except CrackopsError as error:
         print(f"screenshot_mlflow_ui: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from mlflow import MlflowClient
 from pipeline.params import PromoteParams, load_params
 from registry.gate import decide, metric_value, render_table
 from registry.lease import LEASE_TAG, Lease, LeaseError, LeaseSettings, read_lease
+from registry.local_server import free_port, start_mlflow_server, stop_process_group, wait_until_up
 from registry.promote import SuiteEvaluator, promote, render_promotion
 from registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version, load_version_model
 
@@ -125,53 +125,15 @@ def test_promote_params_validation() -> None:
 
 # --- a real tracking server ---------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process group this test started (the server and its workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` with a SQLite backend and proxied artifacts, on a free local port."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port, log = free_port(), root / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url, proc = start_mlflow_server(f"sqlite:///{root}/mlflow.db", root / "server.log", root / "artifacts")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
-        stop(proc)
+        stop_process_group(proc)
 
 
 def constant_logit_builder(logit: float):
@@ -429,7 +391,7 @@ def test_serving_the_champion(server: str, models: dict[str, Any], tmp_path: Pat
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
         image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
         ok, png = cv2.imencode(".png", image)
         payload = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png.tobytes()).decode()]]}}
@@ -438,7 +400,7 @@ def test_serving_the_champion(server: str, models: dict[str, Any], tmp_path: Pat
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
     finally:
-        stop(proc)
+        stop_process_group(proc, grace=5)
     (prediction,) = body["predictions"]
     mask = cv2.imdecode(np.frombuffer(base64.b64decode(prediction["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (50, 70) and set(np.unique(mask)) == {255}

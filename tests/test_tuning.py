@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.errors import ParamsError
 from pipeline.models.factory import build_model
 from pipeline.models.split_qkv import SplitQkv
 from pipeline.params import load_params
@@ -87,5 +88,5 @@ def test_split_qkv_matches_fused_projection():
 
 
 def test_last_blocks_larger_than_depth_is_an_error():
-    with pytest.raises(ValueError, match="last_blocks=9"):
+    with pytest.raises(ParamsError, match="last_blocks=9"):
         tiny("tuning.method=lora", "tuning.lora.last_blocks=9")
