@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import optuna
 
-from pipeline.atomic import write_json, write_text
+from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.data.sources import ensure_training_data
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_params_file, validate
 from pipeline.training.loop import NonFiniteLossError
@@ -87,10 +87,7 @@ class CurveTable:
         self.epochs_trained = 0
         self.seconds = 0.0
         if path.is_file():
-            stored = json.loads(path.read_text())["curves"]
-            # A plain list is a full curve from an earlier version of this script.
-            self.curves = {key: value if isinstance(value, dict) else {"values": value, "done": True}
-                           for key, value in stored.items()}
+            self.curves = json.loads(path.read_text())["curves"]
 
     def values(self, chosen: dict[str, Any], epochs: int) -> list[float]:
         """The first ``epochs`` scores (fewer if training failed: a NaN ends the list)."""
@@ -202,10 +199,6 @@ def params_digest(tree: dict[str, Any], space: SearchSpace) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
-
-
 def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, table: CurveTable,
            max_factor: float, grid_points: int) -> str:
     lines = [f"# Search efficiency: {space.name}", "",
@@ -215,7 +208,7 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
              f"{len(table.curves)} distinct configurations trained, "
              f"{table.epochs_trained} epochs of them in this run ({table.seconds / 60:.1f} min).", "",
              "| seed | random: best val F1 | random: trial-epochs (whole protocol) | random: trial-epochs to its best "
-             "| TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials (pruned) by then | TPE+ASHA / random (whole) |",
+             "| TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials by then | TPE+ASHA / random (whole) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     needed, totals, to_best = [], [], []
     for random_trace, tpe_trace in pairs:
@@ -225,12 +218,12 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
         totals.append(random_trace.spent)
         to_best.append(own)
         needed.append(reached)
-        upto = [i for i, (spent, _) in enumerate(tpe_trace.points) if reached is not None and spent <= reached]
-        trials = (len(upto), tpe_trace.pruned) if reached is not None else (tpe_trace.trials, tpe_trace.pruned)
+        # One point per trial: the trials that ended by the time the target was reached.
+        trials = tpe_trace.trials if reached is None else sum(spent <= reached for spent, _ in tpe_trace.points)
         ratio = f"{reached / random_trace.spent:.2f}" if reached is not None else f"> {tpe_trace.spent / random_trace.spent:.2f}"
         lines.append(f"| {random_trace.seed} | {target:.4f} | {random_trace.spent} | {own} | "
                      f"{reached if reached is not None else f'not within {tpe_trace.spent}'} | "
-                     f"{trials[0]} | {ratio} |")
+                     f"{trials} | {ratio} |")
     reached_all = [n for n in needed if n is not None]
     # An unreached seed counts as the whole TPE budget it spent: a lower bound on what it needed.
     charged = [n if n is not None else pair[1].spent for pair, n in zip(pairs, needed)]
@@ -265,19 +258,17 @@ def plot(traces: list[Trace], path: Path) -> None:
     for trace in traces:
         xs = [0] + [spent for spent, _ in trace.points]
         ys = [math.nan] + [best if math.isfinite(best) else math.nan for _, best in trace.points]
+        first = trace.method not in colours  # one legend entry per method, not per seed
         colour = colours.setdefault(trace.method, f"C{len(colours)}")
-        axis.step(xs, ys, where="post", color=colour, alpha=0.7,
-                  label=trace.method if list(colours).index(trace.method) == len(colours) - 1
-                  and trace is next(t for t in traces if t.method == trace.method) else None)
+        axis.step(xs, ys, where="post", color=colour, alpha=0.7, label=trace.method if first else None)
     axis.set_xlabel("trial-epochs spent")
     axis.set_ylabel("best validation F1 of a complete trial")
     axis.set_title("Best so far, one line per seed")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)
 
 

@@ -26,7 +26,10 @@ def free_port() -> int:
 def wait_until_up(url: str, proc: subprocess.Popen | None, log: Path | None = None, timeout: float = 180.0) -> None:
     """Poll ``url`` until it answers 200; fail early, with the log's tail, if ``proc`` exits."""
     deadline = time.monotonic() + timeout
-    tail = lambda: f":\n{log.read_text()[-3000:]}" if log is not None and log.is_file() else ""  # noqa: E731
+
+    def tail() -> str:
+        return f":\n{log.read_text()[-3000:]}" if log is not None and log.is_file() else ""
+
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise CrackopsError(f"{' '.join(map(str, proc.args[:3]))} exited with status {proc.returncode}{tail()}")

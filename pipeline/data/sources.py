@@ -74,15 +74,18 @@ def ensure_training_data(params: Params) -> dict:
         return load_manifest(Path(data.prepared_dir))
     except DatasetError:
         print(f"preparing {data.source} into {data.prepared_dir}", flush=True)
-        return prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
-                               data.val_fraction, data.test_fraction, data.seed)
+        return _prepare_training_data(data)
+
+
+def _prepare_training_data(data: DataParams) -> dict:
+    return prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
+                           data.val_fraction, data.test_fraction, data.seed)
 
 
 def prepare_from_params(params: Params) -> dict:
     """Prepare ``data.source`` into ``data.prepared_dir`` and each zero-shot set; return the manifest."""
     data = params.data
-    manifest = prepare_dataset(resolve_source(data), Path(data.prepared_dir), data.img_size,
-                               data.val_fraction, data.test_fraction, data.seed)
+    manifest = _prepare_training_data(data)
     sets = zero_shot_sets(params)
     counts: dict[str, int] = {}
     for (name, folder), entry in zip(sets.items(), params.eval.zero_shot):
