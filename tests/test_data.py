@@ -524,3 +524,26 @@ def test_crackforest_prepare_subset(cfd_root: Path, tmp_path: Path) -> None:
     assert 0 < manifest["crack_pixel_fraction"]["train"] < 0.1
     image, mask = CrackDataset(tmp_path / "prepared" / "train")[0]
     assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64) and mask.sum() > 0
+
+
+def test_ensure_training_data_prepares_once_and_leaves_zero_shot_sets_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.data import sources
+    from pipeline.params import load_params
+
+    monkeypatch.chdir(tmp_path)
+    sentinel = tmp_path / "data/zero_shot/synthetic-masonry/kept.txt"  # the DVC stage's output
+    sentinel.parent.mkdir(parents=True)
+    sentinel.write_text("prepare stage output")
+    params = load_params("missing.yaml", ["data.img_size=64", "data.synthetic.n_images=10", "data.synthetic.size=64",
+                                          "data.prepared_dir=bench/prepared"])
+    manifest = sources.ensure_training_data(params)
+    assert sum(manifest["counts"].values()) == 10 and (tmp_path / "bench/prepared").is_dir()
+    assert sentinel.read_text() == "prepare stage output"
+    assert sorted(p.name for p in (tmp_path / "data/zero_shot").iterdir()) == ["synthetic-masonry"]
+
+    def must_not_prepare(*args, **kwargs):
+        raise AssertionError("prepared again although the manifest is there")
+
+    monkeypatch.setattr(sources, "prepare_dataset", must_not_prepare)
+    assert sources.ensure_training_data(params) == manifest

@@ -86,3 +86,17 @@ def test_console_script_count_params_json(tmp_path):
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     counts = json.loads(out)
     assert counts["trainable"] == 4_058_340 and counts["total"] > counts["trainable"]
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path):
+    # `crackops lineage | head`: the reader goes away mid-output; no traceback, exit 141 as SIGPIPE.
+    script = ("import sys\nfrom pipeline import cli\n"
+              "cli.COMMANDS['prepare'] = lambda params, args: [print('x' * 200) for _ in range(100_000)]\n"
+              "sys.exit(cli.main(['prepare', '--params', 'missing.yaml']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err

@@ -296,3 +296,38 @@ def test_nested_pruned_trial_ends_only_itself(workspace: Path, tracked: tuple) -
     assert child.info.status == "KILLED"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_model_requirements_pin_every_family_s_libraries() -> None:
+    from pipeline.tracking.pyfunc import pip_requirements
+
+    names = {requirement.split("==")[0] for requirement in pip_requirements()}
+    # timm builds the sam_lite student, torchvision DeepLabV3, segment-anything SAM.
+    assert {"torch", "torchvision", "segment-anything", "timm", "safetensors"} <= names
+
+
+@pytest.mark.parametrize("message, retried", [("UNIQUE constraint failed: datasets.dataset_uuid", True),
+                                              ("connection refused", False)])
+def test_dataset_input_retries_only_a_creation_race(workspace: Path, tracked: tuple, monkeypatch: pytest.MonkeyPatch,
+                                                    message: str, retried: bool) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import tracked_training
+
+    calls: list[str] = []
+
+    def log_input(dataset, context: str, tags: dict) -> None:
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException(message)
+
+    monkeypatch.setattr(tracked_training.mlflow, "log_input", log_input)
+    monkeypatch.setattr(tracked_training.mlflow, "log_params", lambda values: None)
+    params = tracked[2]
+    if retried:
+        tracked_training._log_inputs(params, "0" * 64)
+        assert calls == ["training", "training"]
+    else:
+        with pytest.raises(MlflowException, match="connection refused"):
+            tracked_training._log_inputs(params, "0" * 64)
+        assert calls == ["training"]
