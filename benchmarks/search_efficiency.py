@@ -6,18 +6,21 @@ SAC protocol: 5% of the grid, every point trained in full), ``space.suggest`` wi
 pruner that ``crackops sweep --sampler tpe --pruner asha`` builds, and one epoch reported at a time.
 
 Each configuration is trained through the one training loop (``train_from_params``) with the
-space's full schedule, as far as any search has asked of it, and its per-epoch validation F1 is
+space's full schedule, as far as any search has asked of it, and its per-epoch validation scores are
 stored; a search that asks for more epochs resumes it from the loop's resume state, and a search
 that visits it again reads the stored scores. Training is seeded (``train.seed``) and a resumed
 training gives the same curve as an uninterrupted one, so the searches see exactly what
 ``crackops sweep`` would see, and sharing the trainings makes several seeds affordable. A search is
-charged for the epochs it would have trained (a pruned trial only for its epochs so far).
+charged for the epochs it would have trained (a pruned trial only for its epochs so far). TPE+ASHA
+reports the space's pruning metric each epoch (``prune_metric``, e.g. pixel AP) and is scored, like
+the random search, by the space's metric (validation F1).
 
 For every seed, the random search's best validation F1 (over its complete trials) is the target;
 the report gives the trial-epochs the random search spent on the whole protocol and until its best
 trial ended, and the trial-epochs TPE+ASHA needed until a complete trial reached the target.
 
-    python benchmarks/search_efficiency.py [--space sac-config3] [--seeds 5] [--max-factor 2] [-S key=value ...]
+    python benchmarks/search_efficiency.py [--space sac-config3] [--seeds 5] [--max-factor 2]
+        [--prune-metric val_f1] [--tpe-startup-trials 10] [-S key=value ...]
 
 Results: ``<out>/report.md``, ``<out>/traces.csv`` and ``<out>/best_so_far.png``; the curve cache is
 ``<out>/curves-<params digest>.json`` (written atomically after every training, so a killed run loses
@@ -60,11 +63,13 @@ class _EnoughEpochs(Exception):
 
 
 class _RecordEpochs(Callback):
-    def __init__(self, metric: str, stop_after: int, into: list[float]) -> None:
-        self.metric, self.stop_after, self.into = metric, stop_after, into
+    def __init__(self, stop_after: int, into: list[dict[str, float]]) -> None:
+        self.stop_after, self.into = stop_after, into
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        self.into.append(float(result.metrics()[self.metric]))
+        # Every validation score, so another metric or pruning metric needs no new training.
+        self.into.append({name: float(value) for name, value in result.metrics().items()
+                          if name.startswith("val_") or name == "train_loss"})
         if result.epoch + 1 >= self.stop_after:
             raise _EnoughEpochs
 
@@ -89,31 +94,33 @@ class CurveTable:
         if path.is_file():
             self.curves = json.loads(path.read_text())["curves"]
 
-    def values(self, chosen: dict[str, Any], epochs: int) -> list[float]:
-        """The first ``epochs`` scores (fewer if training failed: a NaN ends the list)."""
-        entry = self.curves.setdefault(config_key(chosen), {"values": [], "done": False})
-        if len(entry["values"]) < epochs and not entry["done"]:
+    def values(self, chosen: dict[str, Any], epochs: int, metric: str | None = None) -> list[float]:
+        """The first ``epochs`` values of ``metric`` (default: the space's metric); fewer if training
+        failed: a NaN ends the list."""
+        entry = self.curves.setdefault(config_key(chosen), {"epochs": [], "done": False})
+        if len(entry["epochs"]) < epochs and not entry["done"]:
             self._extend(chosen, entry, epochs)
             write_json(self.path, {"space": self.space.name, "curves": self.curves})
-        return entry["values"][:epochs]
+        name = metric or self.space.metric
+        return [scores.get(name, math.nan) for scores in entry["epochs"][:epochs]]
 
     def _extend(self, chosen: dict[str, Any], entry: dict[str, Any], epochs: int) -> None:
         params = self.space.trial_params(self.base_tree, chosen)
         work = self.work_root / hashlib.sha256(config_key(chosen).encode()).hexdigest()[:16]
-        new: list[float] = []
+        new: list[dict[str, float]] = []
         started = time.perf_counter()
         print(f"training {chosen} to epoch {epochs}", flush=True)
         try:
             with resume_dir(work):
-                train_from_params(params, [_RecordEpochs(self.space.metric, epochs, new)], progress=False)
+                train_from_params(params, [_RecordEpochs(epochs, new)], progress=False)
         except _EnoughEpochs:
             pass
         except NonFiniteLossError:
-            new.append(math.nan)  # the sweep records the trial failed at this epoch
+            new.append({})  # every score NaN: the sweep records the trial failed at this epoch
         self.seconds += time.perf_counter() - started
         self.epochs_trained += len(new)
-        entry["values"] = entry["values"] + new
-        if len(entry["values"]) >= self.space.epochs or (new and not math.isfinite(new[-1])):
+        entry["epochs"] = entry["epochs"] + new
+        if len(entry["epochs"]) >= self.space.epochs or (new and not new[-1]):
             entry["done"] = True
             shutil.rmtree(work, ignore_errors=True)
 
@@ -159,9 +166,10 @@ def random_grid_search(space: SearchSpace, table: CurveTable, seed: int) -> Trac
 
 def optuna_search(space: SearchSpace, table: CurveTable, seed: int, sampler: str, pruner: str,
                   budget: int, stop: Callable[[float], bool]) -> Trace:
-    """Ask-and-tell with the sweep's sampler and pruner until ``budget`` trial-epochs or ``stop(best)``."""
+    """Ask-and-tell with the sweep's sampler and pruner until ``budget`` trial-epochs or ``stop(best)``:
+    the pruner sees the space's pruning metric each epoch, the sampler the trial's best metric."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=space.direction, sampler=make_sampler(sampler, seed),
+    study = optuna.create_study(direction=space.direction, sampler=make_sampler(sampler, seed, space),
                                 pruner=make_pruner(pruner))
     trace, spent, best = Trace(f"{sampler}+{pruner}", seed), 0, -math.inf
     while spent < budget and not stop(best):
@@ -177,7 +185,7 @@ def optuna_search(space: SearchSpace, table: CurveTable, seed: int, sampler: str
             spent += 1
             if not math.isfinite(curve[-1]):
                 break
-            trial.report(curve[-1], step)
+            trial.report(table.values(chosen, step, space.pruning_metric)[-1], step)
             if step < space.epochs and trial.should_prune():
                 pruned = True
                 break
@@ -195,7 +203,9 @@ def optuna_search(space: SearchSpace, table: CurveTable, seed: int, sampler: str
 
 
 def params_digest(tree: dict[str, Any], space: SearchSpace) -> str:
-    text = json.dumps({"params": tree, "space": space.model_dump()}, sort_keys=True, default=str)
+    """Names the curve cache: what the trainings depend on, not how a search samples or prunes."""
+    trained = space.model_dump(include={"epochs", "fixed", "presets", "parameters"})
+    text = json.dumps({"params": tree, "space": trained}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -203,7 +213,8 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
            max_factor: float, grid_points: int) -> str:
     lines = [f"# Search efficiency: {space.name}", "",
              f"Space `{space.name}`: {grid_points} grid points, {space.epochs} epochs a trial, "
-             f"metric {space.metric}. Model {base.model.family}/{base.model.variant} tuning={base.tuning.method}, "
+             f"metric {space.metric}; TPE+ASHA prunes on {space.pruning_metric} after "
+             f"{space.tpe_startup_trials or 10} random start-up trials. Model {base.model.family}/{base.model.variant} tuning={base.tuning.method}, "
              f"data {base.data.source} at {base.data.img_size}x{base.data.img_size}. "
              f"{len(table.curves)} distinct configurations trained, "
              f"{table.epochs_trained} epochs of them in this run ({table.seconds / 60:.1f} min).", "",
@@ -280,10 +291,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-factor", type=float, default=2.0,
                         help="TPE+ASHA stops at this multiple of the random search's trial-epochs if not there yet")
+    parser.add_argument("--prune-metric", help="what ASHA compares each epoch (default: the space's prune_metric)")
+    parser.add_argument("--tpe-startup-trials", type=int, help="default: the space's tpe_startup_trials")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/search-efficiency"))
     args = parser.parse_args()
 
     space = load_space(args.space)
+    if args.prune_metric:
+        space = space.model_copy(update={"prune_metric": args.prune_metric})
+    if args.tpe_startup_trials:
+        space = space.model_copy(update={"tpe_startup_trials": args.tpe_startup_trials})
     tree = apply_overrides(read_params_file(args.params), [*args.overrides, "mlflow.enabled=false"])
     base = validate(tree, str(args.params))
     ensure_training_data(base)

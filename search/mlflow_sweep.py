@@ -26,6 +26,25 @@ if TYPE_CHECKING:
 TAG_SWEEP = "sweep.role"
 
 
+def sweep_params(config: "SweepConfig", backend: str, n_trials: int, grid_points: int | None,
+                 storage: str) -> dict[str, Any]:
+    """The parent run's params shared by every backend: how the sweep searched and what it compared."""
+    space = config.space
+    params: dict[str, Any] = {
+        "sweep.backend": backend, "sweep.space": space.name, "sweep.study": config.study_name,
+        "sweep.sampler": config.sampler_name, "sweep.pruner": config.pruner_name, "sweep.seed": config.seed,
+        "sweep.n_trials": n_trials, "sweep.metric": space.metric, "sweep.direction": space.direction,
+        "sweep.prune_metric": space.pruning_metric, "sweep.epochs": space.epochs, "sweep.storage": storage,
+    }
+    if config.sampler_name == "tpe":
+        params["sweep.tpe_startup_trials"] = space.tpe_startup_trials or "optuna default (10)"
+    if grid_points is not None:
+        params["sweep.grid_points"] = grid_points
+        params["sweep.grid_fraction"] = space.grid_fraction or 1.0
+    params.update({f"fixed.{key}": value for key, value in space.fixed.items()})
+    return params
+
+
 def _reusable(client: mlflow.MlflowClient, run_id: str | None, experiment_id: str) -> bool:
     if not run_id:
         return False

@@ -38,7 +38,7 @@ from pipeline.atomic import write_text
 from pipeline.data import load_manifest
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, conclude, sweep_run
+from search.mlflow_sweep import close_orphan_children, conclude, sweep_params, sweep_run
 from search.objective import (
     TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, describe, run_trial, winning_values,
 )
@@ -119,9 +119,14 @@ def masked_url(url: str) -> str:
         return url.split(":", 1)[0] + ":..."
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
+    """``tpe``: Optuna's TPE, after ``space.tpe_startup_trials`` random trials (Optuna's 10 if unset);
+    ``random`` and ``grid-fraction``: random sampling."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        startup = space.tpe_startup_trials if space is not None else None
+        if startup is None:
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     # grid-fraction runs enqueued points; its sampler only fills a point no worker enqueued.
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -160,7 +165,7 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage,
         study = optuna.load_study(study_name=name, storage=storage, sampler=placeholder, pruner=pruner)
         created = False
     _check_resumable(study, config)
-    study.sampler = make_sampler(config.sampler_name, _sampler_seed(config.seed, created, len(study.trials)))
+    study.sampler = make_sampler(config.sampler_name, _sampler_seed(config.seed, created, len(study.trials)), space)
     return study, created
 
 
@@ -346,11 +351,11 @@ class _Objective:
             raise TrialFailure(reason)
         chosen = self.space.suggest(trial)
         trial.set_user_attr(A_PARAMS, chosen)
-        reporter = _OptunaReporter(trial, self.space.metric)
+        reporter = _OptunaReporter(trial, self.space.pruning_metric)
         tags = {TAG_NUMBER: str(trial.number), TAG_STUDY: self.config.study_name, TAG_BACKEND: BACKEND}
         try:
             result = run_trial(self.base_tree, self.space, chosen,
-                               [_RecordRunId(trial), ReportingCallback(reporter, self.space.metric)],
+                               [_RecordRunId(trial), ReportingCallback(reporter, self.space.pruning_metric)],
                                run_name=f"trial-{trial.number}", tags=tags, pruned_errors=(optuna.TrialPruned,))
         except TrialFailure as failure:
             trial.set_user_attr(A_FAIL_REASON, failure.reason)
@@ -439,18 +444,7 @@ class _StopRule:
 
 
 def _parent_params(config: SweepConfig, n_trials: int, grid_points: int | None) -> dict[str, Any]:
-    space = config.space
-    params: dict[str, Any] = {
-        "sweep.backend": BACKEND, "sweep.space": space.name, "sweep.study": config.study_name,
-        "sweep.sampler": config.sampler_name, "sweep.pruner": config.pruner_name, "sweep.seed": config.seed,
-        "sweep.n_trials": n_trials, "sweep.metric": space.metric, "sweep.direction": space.direction,
-        "sweep.epochs": space.epochs, "sweep.storage": masked_url(config.storage),
-    }
-    if grid_points is not None:
-        params["sweep.grid_points"] = grid_points
-        params["sweep.grid_fraction"] = space.grid_fraction or 1.0
-    params.update({f"fixed.{key}": value for key, value in space.fixed.items()})
-    return params
+    return sweep_params(config, BACKEND, n_trials, grid_points, masked_url(config.storage))
 
 
 def _write_trials_csv(study: optuna.Study, out_dir: Path) -> Path | None:

@@ -51,7 +51,7 @@ from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
 from pipeline.tracking.setup import resolve_tracking_uri
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, conclude, sweep_run
+from search.mlflow_sweep import close_orphan_children, conclude, sweep_params, sweep_run
 from search.objective import (
     FAILED, FINISHED, MAX_REASON, PRUNED, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
     ReportingCallback, TrialFailure, metric_value, run_trial, winning_values,
@@ -108,18 +108,19 @@ class DefineByRun:
 def make_searcher(config: SweepConfig, points: list[dict[str, Any]] | None) -> OptunaSearch:
     space = config.space
     return OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=_mode(space),
-                        sampler=make_sampler(config.sampler_name, config.seed),
+                        sampler=make_sampler(config.sampler_name, config.seed, space),
                         points_to_evaluate=[encode_point(space, point) for point in points or []] or None)
 
 
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
-    """Tune's counterparts of the Optuna backend's pruners, in epochs (the ``epoch`` result key)."""
+    """Tune's counterparts of the Optuna backend's pruners, in epochs (the ``epoch`` result key),
+    comparing the space's pruning metric as the Optuna backend's pruners do."""
     space, name = config.space, config.pruner_name
     if name == "asha":
-        return ASHAScheduler(time_attr=R_EPOCH, metric=space.metric, mode=_mode(space), max_t=space.epochs,
+        return ASHAScheduler(time_attr=R_EPOCH, metric=space.pruning_metric, mode=_mode(space), max_t=space.epochs,
                              grace_period=1, reduction_factor=3)
     if name == "median":
-        return MedianStoppingRule(time_attr=R_EPOCH, metric=space.metric, mode=_mode(space), grace_period=3,
+        return MedianStoppingRule(time_attr=R_EPOCH, metric=space.pruning_metric, mode=_mode(space), grace_period=3,
                                   min_samples_required=3)
     return FIFOScheduler()
 
@@ -173,17 +174,19 @@ class TuneTrialReporter(Callback):
     def _result(self, metrics: dict[str, float], epoch: int, **extra: Any) -> dict[str, Any]:
         return {**metrics, R_EPOCH: epoch, R_RUN_ID: self.run_id or "", **extra}
 
-    def final(self, metric: str, direction: str, state: str, run_id: str | None, reason: str = "") -> None:
+    def final(self, space: SearchSpace, state: str, run_id: str | None, reason: str = "") -> None:
         """The trial's last result (its score) with a checkpoint of the history only: Tune keeps one
         checkpoint per trial, so the weights of a finished trial do not stay on disk."""
-        epochs = len(self.history)
+        epochs, metric, direction = len(self.history), space.metric, space.direction
         if state == FINISHED and self.history:
             pick = max if direction == "maximize" else min
             best = pick(self.history, key=lambda item: _finite_or(metric_value(item, metric), direction))
             result = self._result(best, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs})
         else:
-            result = self._result({metric: math.nan}, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs,
-                                                                  TAG_FAIL_REASON: reason[:MAX_REASON]})
+            # Tune checks that every result holds the searcher's and the scheduler's metric.
+            no_score = {metric: math.nan, space.pruning_metric: math.nan}
+            result = self._result(no_score, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs,
+                                                        TAG_FAIL_REASON: reason[:MAX_REASON]})
         result[R_RUN_ID] = run_id or self.run_id or ""
         with tempfile.TemporaryDirectory(prefix="crackops-ckpt-") as folder:
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
@@ -237,14 +240,14 @@ def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
         reporter = TuneTrialReporter(work, space.epochs, _restore(work))
         with resume_dir(work):
             try:
-                callbacks = [reporter, ReportingCallback(reporter, space.metric)]
+                callbacks = [reporter, ReportingCallback(reporter, space.pruning_metric)]
                 result = run_trial(context.base_tree, space, chosen, callbacks, run_name=f"trial-{number}",
                                    tags=tags, pruned_errors=(SystemExit,))
             except TrialFailure as failure:
                 # The trial's own failure ends it, not the sweep; Tune sees a finished trial with no score.
-                reporter.final(space.metric, space.direction, FAILED, failure.run_id, failure.reason)
+                reporter.final(space, FAILED, failure.run_id, failure.reason)
                 return
-        reporter.final(space.metric, space.direction, FINISHED, result.run_id)
+        reporter.final(space, FINISHED, result.run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -487,20 +490,12 @@ def write_trials_csv(rows: list[TrialRow], out_dir: Path) -> Path | None:
 
 
 def _parent_params(config: SweepConfig, n_trials: int, grid_points: int | None, folder: Path) -> dict[str, Any]:
-    space, ray_params = config.space, config.base.sweep.ray
-    params: dict[str, Any] = {
-        "sweep.backend": BACKEND, "sweep.space": space.name, "sweep.study": config.study_name,
-        "sweep.sampler": config.sampler_name, "sweep.pruner": config.pruner_name, "sweep.seed": config.seed,
-        "sweep.n_trials": n_trials, "sweep.metric": space.metric, "sweep.direction": space.direction,
-        "sweep.epochs": space.epochs, "sweep.storage": str(folder),
+    ray_params = config.base.sweep.ray
+    return {
+        **sweep_params(config, BACKEND, n_trials, grid_points, str(folder)),
         "sweep.ray.cpus_per_trial": ray_params.cpus_per_trial, "sweep.ray.gpus_per_trial": ray_params.gpus_per_trial,
         "sweep.ray.max_concurrent_trials": ray_params.max_concurrent_trials,
     }
-    if grid_points is not None:
-        params["sweep.grid_points"] = grid_points
-        params["sweep.grid_fraction"] = space.grid_fraction or 1.0
-    params.update({f"fixed.{key}": value for key, value in space.fixed.items()})
-    return params
 
 
 def _tuner(config: SweepConfig, folder: Path, trainable: Any, points: list[dict[str, Any]] | None,

@@ -6,6 +6,9 @@ A space file (``search/spaces/<name>.yaml``)::
     epochs: 4                      # train.epochs of every trial
     sampler: grid-fraction         # default sampler: grid-fraction | random | tpe
     grid_fraction: 0.05            # share of the grid drawn without replacement
+    metric: val_f1                 # what a trial is scored and the best chosen by (its best epoch)
+    prune_metric: val_pixel_ap     # what pruners compare each epoch; default: metric
+    tpe_startup_trials: 5          # random trials before TPE models the results; default: Optuna's 10
     fixed: {loss.kind: bce_lambda_dice}
     parameters:
       loss.lambda: {type: stepped, low: 0.5, high: 0.95, step: 0.05}
@@ -97,8 +100,12 @@ class SearchSpace(BaseModel):
     description: str = ""
     epochs: int = Field(4, ge=1)
     metric: str = "val_f1"
+    # Compared by the pruners after every epoch, in the same direction as ``metric``. F1 at 0.5 is 0
+    # for most configurations after one epoch, so a threshold-free score ranks them earlier.
+    prune_metric: str | None = None
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid-fraction", "random", "tpe"] = "tpe"
+    tpe_startup_trials: int | None = Field(None, ge=1)
     grid_fraction: float | None = Field(None, gt=0.0, le=1.0)
     fixed: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
@@ -129,6 +136,11 @@ class SearchSpace(BaseModel):
             if key == PRESET_KEY:
                 seen.update(key for values in self.presets.values() for key in values)
         return self
+
+    @property
+    def pruning_metric(self) -> str:
+        """The per-epoch score pruners and schedulers compare: ``prune_metric``, else ``metric``."""
+        return self.prune_metric or self.metric
 
     def resolve(self, chosen: dict[str, Any]) -> dict[str, Any]:
         """The dotted params keys a trial sets: fixed values, its preset's values, its other choices."""

@@ -27,7 +27,7 @@ from pipeline.params import load_params
 
 SIZE = 64
 KERNELS = [1, 5, 9, 13, 17, 21]
-METRIC_KEYS = {"precision", "recall", "f1", "iou", "ods", "ods_threshold", "ois", "ap"}
+METRIC_KEYS = {"precision", "recall", "f1", "iou", "pixel_ap", "ods", "ods_threshold", "ois", "ap"}
 
 
 def _prepare(root: Path, name: str, n_images: int, seed: int, domain: str, test_only: bool) -> Path:
@@ -157,7 +157,7 @@ def test_overlays_and_tolerance_can_be_turned_off(data):
     score = score_set(Background(), test_set, _params().eval, torch.device("cpu"), n_overlays=0,
                       with_tolerance=False, progress=False)
     assert score.overlays == [] and score.pr_curve == {}
-    assert set(score.metrics) == {"precision", "recall", "f1", "iou"}
+    assert set(score.metrics) == {"precision", "recall", "f1", "iou", "pixel_ap"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import Counts, SegmentationMeter, ToleranceMeter, count, summarize
+from pipeline.metrics import Counts, PixelAPMeter, SegmentationMeter, ToleranceMeter, count, summarize
 from pipeline.metrics.tolerance import dilate, threshold_grid
 
 # ---------------------------------------------------------------- pixel metrics
@@ -79,8 +79,10 @@ def test_dataset_level_differs_from_mean_of_images() -> None:
     assert [r["f1"] for r in rows] == [1.0, 0.0]
     assert (rows[1]["tp"], rows[1]["fn"]) == (0, 1)
     result = meter.compute()
-    assert set(result) == {"precision", "recall", "f1", "iou"}
-    assert result == pytest.approx({"precision": 1.0, "recall": 8 / 9, "f1": 16 / 17, "iou": 8 / 9})
+    assert set(result) == {"precision", "recall", "f1", "iou", "pixel_ap"}
+    # pixel AP: 8 of 9 crack pixels ranked first without a false one, the last one among all 128 pixels.
+    assert result == pytest.approx({"precision": 1.0, "recall": 8 / 9, "f1": 16 / 17, "iou": 8 / 9,
+                                    "pixel_ap": 8 / 9 + (1 / 9) * (9 / 128)})
     assert result["f1"] != pytest.approx(np.mean([r["f1"] for r in rows]))
 
 
@@ -300,3 +302,35 @@ def test_compute_before_update_is_an_error() -> None:
         ToleranceMeter().compute()
     with pytest.raises(ValueError):
         SegmentationMeter().compute()
+
+
+# --- pixel AP (the per-epoch threshold-free score) ----------------------------------------------------
+
+def test_pixel_ap_matches_sklearn_on_the_binned_scores() -> None:
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(0)
+    targets = (torch.rand(4, 1, 32, 32, generator=generator) < 0.1).float()
+    # Overlapping scores, all below 0.5 like an early epoch's: F1 at 0.5 would be 0 here.
+    probs = torch.rand(4, 1, 32, 32, generator=generator) * 0.3 + 0.15 * targets
+    meter = PixelAPMeter()
+    meter.update(probs[:2], targets[:2])
+    meter.update(probs[2:], targets[2:])
+    binned = (probs * meter.bins).long().clamp(max=meter.bins - 1).flatten().numpy()
+    expected = sklearn_metrics.average_precision_score(targets.flatten().numpy(), binned)
+    assert 0.1 < expected < 0.9
+    assert meter.compute() == pytest.approx(expected, abs=1e-12)
+
+
+def test_pixel_ap_edge_cases() -> None:
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 1] = 1
+    separated = PixelAPMeter()
+    separated.update(target * 0.3 + 0.1, target)  # every crack pixel above every background one
+    assert separated.compute() == pytest.approx(1.0)
+    no_cracks = PixelAPMeter()
+    no_cracks.update(torch.rand(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert no_cracks.compute() == 1.0
+    with pytest.raises(ValueError, match="before any update"):
+        PixelAPMeter().compute()
+    with pytest.raises(ValueError, match="differ"):
+        PixelAPMeter().update(torch.rand(1, 4, 4), torch.rand(1, 1, 4, 4))

@@ -104,3 +104,24 @@ def test_trained_model_round_trips_through_safetensors(tmp_path, method):
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), loaded(x), atol=1e-5)
     assert loaded_params == params
+
+
+def test_a_trained_model_exports_as_a_sam_checkpoint_that_loads_back(tmp_path):
+    """The search benchmark's pretrained setting starts from such an export."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(2)
+    params = load_params("missing.yaml", ["data.img_size=64"])
+    model = build_model(params)
+    save_trained_model(model, params, tmp_path / "trained")
+    out = tmp_path / "sam_vit_tiny.pth"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks/sam_checkpoint_from_model.py"),
+                           str(tmp_path / "trained/model.safetensors"), str(out)],
+                          cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = build_model(load_params("missing.yaml", ["data.img_size=64", f"model.checkpoint={out}"]))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name

@@ -16,6 +16,8 @@ pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
 from pipeline.params import load_params  # noqa: E402
 from search.config import SweepConfig, SweepError  # noqa: E402
 from search.mlflow_sweep import child_runs  # noqa: E402
+from search.objective import FAILED  # noqa: E402
+from search import ray_backend  # noqa: E402
 from search.ray_backend import STATE_FILE, absolute_uri, run_ray_sweep, trial_base_tree  # noqa: E402
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, SweepSummary  # noqa: E402
 from search.space import load_space  # noqa: E402
@@ -123,3 +125,15 @@ def test_absolute_tracking_uris(tmp_path: Path, monkeypatch) -> None:
     assert absolute_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
     assert absolute_uri("http://mlflow:5000") == "http://mlflow:5000"
     assert absolute_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+
+
+def test_the_scheduler_compares_the_pruning_metric_and_the_searcher_the_metric(tiny_params, monkeypatch,
+                                                                               tmp_path: Path) -> None:
+    config = SweepConfig(load_space("sac-config3"), tiny_params(), pruner="asha", sampler="tpe")
+    assert ray_backend.make_scheduler(config).metric == "val_pixel_ap"
+    assert ray_backend.make_searcher(config, None).metric == "val_f1"
+    # Tune rejects a result without the scheduler's metric: a failed trial's last result has both.
+    reported: list[dict] = []
+    monkeypatch.setattr(ray_backend.tune, "report", lambda result, checkpoint=None: reported.append(result))
+    ray_backend.TuneTrialReporter(tmp_path, 4, []).final(config.space, FAILED, None, "non-finite loss")
+    assert {"val_f1", "val_pixel_ap"} <= set(reported[0]) and reported[0]["trial.state"] == FAILED

@@ -202,6 +202,33 @@ def test_pruned_trial_stops_early_and_is_not_a_failed_run(in_tmp: Path, tiny_par
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1]
 
 
+def test_pruners_see_the_pruning_metric_and_trials_are_scored_by_the_metric(in_tmp: Path, tiny_params) -> None:
+    (in_tmp / "ap.yaml").write_text("epochs: 2\nsampler: random\nprune_metric: val_pixel_ap\n"
+                                    "parameters:\n  loss.lambda: {type: float, low: 0.3, high: 0.9}\n")
+    base = tiny_params("mlflow.enabled=true", f"mlflow.tracking_uri=sqlite:///{in_tmp}/mlflow.db")
+    summary = run_optuna_sweep(SweepConfig(load_space(str(in_tmp / "ap.yaml")), base, n_trials=1, pruner="asha",
+                                           storage=f"sqlite:///{in_tmp}/sweeps.db"))
+    trial = _study(f"sqlite:///{in_tmp}/sweeps.db", "ap").trials[0]
+    client = mlflow.MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    run_id = trial.user_attrs["mlflow_run_id"]
+    history = {name: [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+               for name in ("val_pixel_ap", "val_f1")}
+    assert trial.intermediate_values == {1: pytest.approx(history["val_pixel_ap"][0]),
+                                         2: pytest.approx(history["val_pixel_ap"][1])}
+    assert trial.value == pytest.approx(max(history["val_f1"]))
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.params["sweep.metric"] == "val_f1" and parent.data.params["sweep.prune_metric"] == "val_pixel_ap"
+
+
+def test_tpe_start_up_trials_come_from_the_space() -> None:
+    space = load_space("sac-config3")
+    assert space.pruning_metric == "val_pixel_ap" and space.tpe_startup_trials == 4
+    assert optuna_backend.make_sampler("tpe", 0, space)._n_startup_trials == 4
+    assert optuna_backend.make_sampler("tpe", 0, load_space("default"))._n_startup_trials == 10  # Optuna's
+    plain = space.model_copy(update={"prune_metric": None})
+    assert plain.pruning_metric == plain.metric == "val_f1"
+
+
 # --- resume after SIGKILL --------------------------------------------------------------------------
 
 def _states(db: Path) -> list[str]:

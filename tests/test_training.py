@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pipeline.training.callbacks import Callback
+from pipeline.training.callbacks import Callback, EpochResult, FitResult
 from pipeline.training.loop import LoopConfig, NonFiniteLossError, fit
-from pipeline.training.run import build_loaders, train_from_params
+from pipeline.training.run import build_loaders, history_csv, train_from_params
 from pipeline.training.schedules import LrSchedule, build_optimizer, lr_factor
 
 
@@ -155,3 +155,15 @@ def test_training_on_crackforest_improves_f1(tmp_path, cfd_root):
     f1 = [epoch.val["f1"] for epoch in history]
     assert max(f1[1:]) > f1[0], f1
     assert history[-1].train_loss < history[0].train_loss
+
+
+def test_history_csv_keeps_a_metric_missing_from_early_epochs() -> None:
+    """A run resumed from a checkpoint written before a metric existed still writes its history."""
+    def epoch(index: int, val: dict[str, float]) -> EpochResult:
+        return EpochResult(epoch=index, train_loss=0.5, val=val, lr=1e-4, seconds=1.0, images_per_second=2.0,
+                           is_best=True)
+
+    result = FitResult(history=[epoch(0, {"f1": 0.1}), epoch(1, {"f1": 0.2, "pixel_ap": 0.3})])
+    header, first, second = history_csv(result).splitlines()
+    assert header.split(",")[-2:] == ["val_f1", "val_pixel_ap"]
+    assert first.endswith(",0.1,") and second.endswith(",0.2,0.3")

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 
 from pipeline.metrics.pixel import Counts, count_batch, summarize
+from pipeline.metrics.pixel_ap import PixelAPMeter
 from pipeline.metrics.tolerance import ToleranceMeter
 
 
 class SegmentationMeter:
-    """Dataset-level P/R/F1/IoU at ``threshold``, per-image scores, and optionally ODS/OIS/AP.
+    """Dataset-level P/R/F1/IoU at ``threshold``, pixel AP, per-image scores, and optionally ODS/OIS/AP.
 
     Dataset-level scores come from TP/FP/FN summed over all pixels of all images, not from
     the mean of per-image scores. ``with_tolerance=False`` only reduces each batch to three
@@ -27,6 +28,7 @@ class SegmentationMeter:
         self.total = Counts()
         self._images: list[tuple[str, Counts]] = []
         self._tolerance = ToleranceMeter(tolerance, n_thresholds) if with_tolerance else None
+        self._pixel_ap = PixelAPMeter()
 
     def __len__(self) -> int:
         return len(self._images)
@@ -56,6 +58,7 @@ class SegmentationMeter:
         for name, c in zip(names, count_batch(probs, targets, self.threshold)):
             self._images.append((name, c))
             self.total = self.total + c
+        self._pixel_ap.update(probs, targets)
         if self._tolerance is not None:
             prob_np = probs.float().cpu().numpy()
             target_np = targets.float().cpu().numpy()
@@ -63,10 +66,12 @@ class SegmentationMeter:
                 self._tolerance.update(prob_np[i], target_np[i])
 
     def compute(self) -> dict[str, float]:
-        """``precision/recall/f1/iou`` (dataset level), plus ``ods/ods_threshold/ois/ap`` with tolerance."""
+        """``precision/recall/f1/iou`` at the threshold and ``pixel_ap`` (dataset level), plus
+        ``ods/ods_threshold/ois/ap`` with tolerance."""
         if not self._images:
             raise ValueError("SegmentationMeter.compute() called before any update()")
         out = summarize(self.total)
+        out["pixel_ap"] = self._pixel_ap.compute()
         if self._tolerance is not None:
             tol = self._tolerance.compute()
             out.update({k: tol[k] for k in ("ods", "ods_threshold", "ois", "ap")})

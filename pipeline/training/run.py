@@ -98,7 +98,9 @@ def history_csv(result: FitResult) -> str:
     rows = [{"epoch": item.epoch + 1, **item.metrics()} for item in result.history]
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # Union of columns: a run resumed from an older checkpoint may lack a newer metric early on.
+        fieldnames = list(dict.fromkeys(name for row in rows for name in row))
+        writer = csv.DictWriter(buffer, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()
