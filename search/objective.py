@@ -134,8 +134,8 @@ class TrialResult:
 
 def metric_value(metrics: dict[str, float], metric: str) -> float:
     if metric not in metrics:
-        raise CrackopsError(f"sweep metric {metric!r} is not reported by training; "
-                            f"choose one of {', '.join(sorted(metrics))}")
+        raise CrackopsError(f"sweep metric {metric!r} (the space's metric or prune_metric) is not reported by "
+                            f"training; choose one of {', '.join(sorted(metrics))}")
     return float(metrics[metric])
 
 

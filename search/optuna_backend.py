@@ -119,14 +119,12 @@ def masked_url(url: str) -> str:
         return url.split(":", 1)[0] + ":..."
 
 
-def make_sampler(name: str, seed: int, space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """``tpe``: Optuna's TPE, after ``space.tpe_startup_trials`` random trials (Optuna's 10 if unset);
     ``random`` and ``grid-fraction``: random sampling."""
     if name == "tpe":
-        startup = space.tpe_startup_trials if space is not None else None
-        if startup is None:
-            return optuna.samplers.TPESampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        startup = {"n_startup_trials": space.tpe_startup_trials} if space.tpe_startup_trials else {}
+        return optuna.samplers.TPESampler(seed=seed, **startup)
     # grid-fraction runs enqueued points; its sampler only fills a point no worker enqueued.
     return optuna.samplers.RandomSampler(seed=seed)
 

@@ -349,3 +349,10 @@ def test_failure_reasons() -> None:
     assert failure_reason(ParamsError("invalid parameters in x:\n  loss: bad")) == "invalid parameters: loss: bad"
     assert failure_reason(RuntimeError("CUDA out of memory. Tried to allocate")).startswith("out of memory")
     assert failure_reason(DatasetError("no data")) is None  # stops the sweep: every trial would fail
+
+
+def test_a_metric_training_does_not_report_names_the_space_keys() -> None:
+    from search.objective import metric_value
+
+    with pytest.raises(Exception, match=r"'val_pixel_AP' \(the space's metric or prune_metric\).*val_pixel_ap"):
+        metric_value({"val_f1": 0.5, "val_pixel_ap": 0.4}, "val_pixel_AP")
