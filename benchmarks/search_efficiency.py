@@ -17,10 +17,14 @@ the random search, by the space's metric (validation F1).
 
 For every seed, the random search's best validation F1 (over its complete trials) is the target;
 the report gives the trial-epochs the random search spent on the whole protocol and until its best
-trial ended, and the trial-epochs TPE+ASHA needed until a complete trial reached the target.
+trial ended, and the trial-epochs TPE+ASHA needed until a complete trial reached the target. With
+``--fill-grid`` every grid point is trained in full first; then the report adds what random search
+costs to reach the same level without choosing the target from its own draws (the exact
+expectation over draw orders, and one independent draw order), and any number of seeds only
+replays stored curves.
 
     python benchmarks/search_efficiency.py [--space sac-config3] [--seeds 5] [--max-factor 2]
-        [--prune-metric val_f1] [--tpe-startup-trials 10] [-S key=value ...]
+        [--fill-grid] [--prune-metric val_f1] [--tpe-startup-trials 10] [-S key=value ...]
 
 Results: ``<out>/report.md``, ``<out>/traces.csv`` and ``<out>/best_so_far.png``; the curve cache is
 ``<out>/curves-<params digest>.json`` (written atomically after every training, so a killed run loses
@@ -34,6 +38,7 @@ import hashlib
 import io
 import json
 import math
+import random
 import shutil
 import statistics
 import sys
@@ -52,6 +57,9 @@ from pipeline.training.callbacks import Callback, EpochResult
 from pipeline.training.run import resume_dir, train_from_params
 from search.optuna_backend import make_pruner, make_sampler
 from search.space import SearchSpace, load_space
+
+
+FRESH_SEED = 10_000  # independent random searches draw with seeds far from the protocol's
 
 
 def config_key(chosen: dict[str, Any]) -> str:
@@ -202,6 +210,35 @@ def optuna_search(space: SearchSpace, table: CurveTable, seed: int, sampler: str
     return trace
 
 
+def expected_random_epochs(curves: list[list[float]], target: float) -> float | None:
+    """Expected trial-epochs a random search without replacement over these curves spends until a
+    complete trial reaches ``target``, counting that trial in full; None if no curve reaches it.
+
+    With K curves reaching the target, every other curve is drawn before all K of them with
+    probability 1/(K+1), so the expectation is the sum of their lengths over K+1 plus one
+    successful trial's length. Unlike the epochs a seeded search spent until its own best, this
+    does not favour random search by measuring it against the best of its own draws.
+    """
+    hits = [curve for curve in curves if finite_max(curve) >= target - 1e-12]
+    if not hits:
+        return None
+    misses = sum(len(curve) for curve in curves if finite_max(curve) < target - 1e-12)
+    return misses / (len(hits) + 1) + statistics.mean(len(curve) for curve in hits)
+
+
+def fresh_random_epochs(curves: list[list[float]], target: float, seed: int) -> int | None:
+    """Trial-epochs an independent random search (another draw order of the whole grid) spends
+    until a complete trial reaches ``target``; None if no curve does."""
+    order = list(range(len(curves)))
+    random.Random(seed).shuffle(order)
+    spent = 0
+    for index in order:
+        spent += len(curves[index])
+        if finite_max(curves[index]) >= target - 1e-12:
+            return spent
+    return None
+
+
 def params_digest(tree: dict[str, Any], space: SearchSpace) -> str:
     """Names the curve cache: what the trainings depend on, not how a search samples or prunes."""
     trained = space.model_dump(include={"epochs", "fixed", "presets", "parameters"})
@@ -209,42 +246,65 @@ def params_digest(tree: dict[str, Any], space: SearchSpace) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def whole_grid_curves(space: SearchSpace, table: CurveTable, grid: list[dict[str, Any]]) -> list[list[float]]:
+    """The metric's curve of every grid point if all are stored in full, else []: the random search's
+    cost to reach a level is exact only when every grid point is known."""
+    stored = [table.curves.get(config_key(chosen)) for chosen in grid]
+    if not all(entry and entry["done"] for entry in stored):
+        return []
+    return [[scores.get(space.metric, math.nan) for scores in entry["epochs"]] for entry in stored]
+
+
 def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, table: CurveTable,
-           max_factor: float, grid_points: int) -> str:
+           max_factor: float, grid: list[dict[str, Any]], whole_grid: list[list[float]]) -> str:
     lines = [f"# Search efficiency: {space.name}", "",
-             f"Space `{space.name}`: {grid_points} grid points, {space.epochs} epochs a trial, "
+             f"Space `{space.name}`: {len(grid)} grid points, {space.epochs} epochs a trial, "
              f"metric {space.metric}; TPE+ASHA prunes on {space.pruning_metric} after "
              f"{space.tpe_startup_trials or 10} random start-up trials. Model {base.model.family}/{base.model.variant} tuning={base.tuning.method}, "
              f"data {base.data.source} at {base.data.img_size}x{base.data.img_size}. "
-             f"{len(table.curves)} distinct configurations trained, "
-             f"{table.epochs_trained} epochs of them in this run ({table.seconds / 60:.1f} min).", "",
-             "| seed | random: best val F1 | random: trial-epochs (whole protocol) | random: trial-epochs to its best "
-             "| TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials by then | TPE+ASHA / random (whole) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    needed, totals, to_best = [], [], []
+             f"{len(table.curves)} distinct configurations stored "
+             f"({'the whole grid' if whole_grid else 'part of the grid'}), "
+             f"{table.epochs_trained} epochs of them trained in this run ({table.seconds / 60:.1f} min).", "",
+             "| seed | random: best val F1 | random: trial-epochs (whole protocol) | random: to its own best (hindsight) "
+             "| random: expected to reach it (whole grid) | TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials by then "
+             "| TPE+ASHA / random protocol | TPE+ASHA / random expected |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    charged, totals, to_best, expected = [], [], [], []
+    reached_count = 0
     for random_trace, tpe_trace in pairs:
         target = random_trace.best
         reached = tpe_trace.epochs_to_reach(target)
-        own = random_trace.epochs_to_reach(target)
+        reached_count += reached is not None
+        # An unreached seed counts as the whole TPE budget it spent: a lower bound on what it needed.
+        spent = reached if reached is not None else tpe_trace.spent
+        charged.append(spent)
         totals.append(random_trace.spent)
-        to_best.append(own)
-        needed.append(reached)
+        to_best.append(random_trace.epochs_to_reach(target))
+        expected.append(expected_random_epochs(whole_grid, target) if whole_grid else None)
         # One point per trial: the trials that ended by the time the target was reached.
-        trials = tpe_trace.trials if reached is None else sum(spent <= reached for spent, _ in tpe_trace.points)
-        ratio = f"{reached / random_trace.spent:.2f}" if reached is not None else f"> {tpe_trace.spent / random_trace.spent:.2f}"
-        lines.append(f"| {random_trace.seed} | {target:.4f} | {random_trace.spent} | {own} | "
-                     f"{reached if reached is not None else f'not within {tpe_trace.spent}'} | "
-                     f"{trials} | {ratio} |")
-    reached_all = [n for n in needed if n is not None]
-    # An unreached seed counts as the whole TPE budget it spent: a lower bound on what it needed.
-    charged = [n if n is not None else pair[1].spent for pair, n in zip(pairs, needed)]
-    ratios = [spent / total for spent, total in zip(charged, totals)]
-    lines += ["", f"TPE+ASHA reached the random search's best in {len(reached_all)} of {len(pairs)} seeds "
+        trials = tpe_trace.trials if reached is None else sum(done <= reached for done, _ in tpe_trace.points)
+        bound = "" if reached is not None else "> "
+        lines.append(f"| {random_trace.seed} | {target:.4f} | {random_trace.spent} | {to_best[-1]} | "
+                     f"{'' if expected[-1] is None else f'{expected[-1]:.1f}'} | "
+                     f"{reached if reached is not None else f'not within {tpe_trace.spent}'} | {trials} | "
+                     f"{bound}{spent / random_trace.spent:.2f} | "
+                     f"{'' if expected[-1] is None else f'{bound}{spent / expected[-1]:.2f}'} |")
+    lines += ["", f"TPE+ASHA reached the random search's best in {reached_count} of {len(pairs)} seeds "
               f"(stopping at {max_factor:g}x the random search's trial-epochs). Median trial-epochs to reach it: "
               f"{statistics.median(charged):.1f} (mean {statistics.mean(charged):.1f}; unreached seeds counted "
               f"at their whole budget) against {statistics.median(totals):.0f} for the whole random protocol "
               f"(median to its own best, in hindsight: {statistics.median(to_best):.1f}). "
-              f"Median ratio TPE+ASHA / random protocol: {statistics.median(ratios):.2f} (target: at most 0.5)."]
+              f"Median ratio TPE+ASHA / random protocol: "
+              f"{statistics.median(s / t for s, t in zip(charged, totals)):.2f} (target: at most 0.5)."]
+    if whole_grid:
+        fresh = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
+                 for random_trace, _ in pairs]
+        lines += ["", f"Random search's expected trial-epochs to reach the same level, from the whole grid: median "
+                  f"{statistics.median(expected):.1f}; median ratio TPE+ASHA / expected random: "
+                  f"{statistics.median(s / e for s, e in zip(charged, expected)):.2f}. "
+                  f"Ratio of the medians: {statistics.median(charged) / statistics.median(expected):.2f}. "
+                  f"An independent random search (seed {FRESH_SEED} + seed, drawing on through the whole grid) "
+                  f"reached it after a median of {statistics.median(fresh):.0f} trial-epochs."]
     return "\n".join(lines) + "\n"
 
 
@@ -258,25 +318,48 @@ def traces_csv(traces: list[Trace]) -> str:
     return buffer.getvalue()
 
 
-def plot(traces: list[Trace], path: Path) -> None:
+def plot(pairs: list[tuple[Trace, Trace]], whole_grid: list[list[float]], path: Path) -> None:
+    """Left: best so far, one line per seed and search. Right: the share of seeds in which each
+    search had reached the random search's best, against trial-epochs spent; with the whole grid
+    stored, also an independent random search (another seed's draws), which, unlike the seed's own
+    draws, was not chosen as the one whose best sets the target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, (curves, reached) = plt.subplots(1, 2, figsize=(12, 4.5))
+    alpha = 0.7 if len(pairs) <= 10 else 0.25
     colours: dict[str, str] = {}
-    for trace in traces:
+    for trace in (trace for pair in pairs for trace in pair):
         xs = [0] + [spent for spent, _ in trace.points]
         ys = [math.nan] + [best if math.isfinite(best) else math.nan for _, best in trace.points]
         first = trace.method not in colours  # one legend entry per method, not per seed
         colour = colours.setdefault(trace.method, f"C{len(colours)}")
-        axis.step(xs, ys, where="post", color=colour, alpha=0.7, label=trace.method if first else None)
-    axis.set_xlabel("trial-epochs spent")
-    axis.set_ylabel("best validation F1 of a complete trial")
-    axis.set_title("Best so far, one line per seed")
-    axis.grid(alpha=0.3)
-    axis.legend()
+        curves.step(xs, ys, where="post", color=colour, alpha=alpha, label=trace.method if first else None)
+    curves.set_xlabel("trial-epochs spent")
+    curves.set_ylabel("best validation F1 of a complete trial")
+    curves.set_title(f"Best so far, one line per seed ({len(pairs)} seeds)")
+    curves.grid(alpha=0.3)
+    curves.legend()
+
+    budget = max(trace.spent for pair in pairs for trace in pair)
+    lines = {"random: its own draws (hindsight)": [random_trace.epochs_to_reach(random_trace.best)
+                                                   for random_trace, _ in pairs],
+             "TPE+ASHA": [tpe_trace.epochs_to_reach(random_trace.best) for random_trace, tpe_trace in pairs]}
+    if whole_grid:
+        lines["random: independent draws"] = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
+                                              for random_trace, _ in pairs]
+    xs = list(range(budget + 1))
+    for index, (label, needed) in enumerate(lines.items()):
+        ys = [sum(n is not None and n <= x for n in needed) / len(pairs) for x in xs]
+        reached.step(xs, ys, where="post", color=f"C{index}", linestyle="--" if index == 2 else "-", label=label)
+    reached.set_xlabel("trial-epochs spent")
+    reached.set_ylabel("share of seeds at the random search's best")
+    reached.set_title("Reaching the random search's best validation F1")
+    reached.set_ylim(0, 1.02)
+    reached.grid(alpha=0.3)
+    reached.legend(loc="lower right")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
@@ -293,6 +376,8 @@ def main() -> None:
                         help="TPE+ASHA stops at this multiple of the random search's trial-epochs if not there yet")
     parser.add_argument("--prune-metric", help="what ASHA compares each epoch (default: the space's prune_metric)")
     parser.add_argument("--tpe-startup-trials", type=int, help="default: the space's tpe_startup_trials")
+    parser.add_argument("--fill-grid", action="store_true",
+                        help="first train every grid point in full, so any number of seeds only replays stored curves")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/search-efficiency"))
     args = parser.parse_args()
 
@@ -308,6 +393,11 @@ def main() -> None:
     tree["data"]["prepared_dir"] = str(Path(base.data.prepared_dir).resolve())
     table = CurveTable(space, tree, args.out / f"curves-{params_digest(tree, space)}.json")
     print(f"cache: {table.path} ({len(table.curves)} configurations stored)", flush=True)
+    if args.fill_grid:
+        grid = space.grid()
+        for index, chosen in enumerate(grid, start=1):
+            table.values(chosen, space.epochs)
+            print(f"grid point {index}/{len(grid)} stored", flush=True)
 
     pairs: list[tuple[Trace, Trace]] = []
     for seed in range(args.seeds):
@@ -320,11 +410,13 @@ def main() -> None:
               f"TPE+ASHA reached it after {tpe_trace.epochs_to_reach(target)} "
               f"({tpe_trace.trials} trials, {tpe_trace.pruned} pruned)", flush=True)
 
-    text = report(space, pairs, base, table, args.max_factor, len(space.grid()))
+    grid = space.grid()
+    whole_grid = whole_grid_curves(space, table, grid)
+    text = report(space, pairs, base, table, args.max_factor, grid, whole_grid)
     traces = [trace for pair in pairs for trace in pair]
     write_text(args.out / "report.md", text)
     write_text(args.out / "traces.csv", traces_csv(traces))
-    plot(traces, args.out / "best_so_far.png")
+    plot(pairs, whole_grid, args.out / "best_so_far.png")
     print("\n" + text)
     print(f"written: {args.out / 'report.md'}, {args.out / 'traces.csv'}, {args.out / 'best_so_far.png'}")
 
