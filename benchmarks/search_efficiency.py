@@ -62,6 +62,11 @@ from search.space import SearchSpace, load_space
 FRESH_SEED = 10_000  # independent random searches draw with seeds far from the protocol's
 
 
+def reaches(value: float, target: float) -> bool:
+    """Whether a score reaches the target; the tolerance absorbs float noise from JSON round trips."""
+    return value >= target - 1e-12
+
+
 def config_key(chosen: dict[str, Any]) -> str:
     return json.dumps(chosen, sort_keys=True)
 
@@ -152,7 +157,7 @@ class Trace:
         return self.points[-1][1] if self.points else -math.inf
 
     def epochs_to_reach(self, target: float) -> int | None:
-        return next((spent for spent, best in self.points if best >= target - 1e-12), None)
+        return next((spent for spent, best in self.points if reaches(best, target)), None)
 
 
 def finite_max(values: list[float]) -> float:
@@ -219,11 +224,11 @@ def expected_random_epochs(curves: list[list[float]], target: float) -> float | 
     successful trial's length. Unlike the epochs a seeded search spent until its own best, this
     does not favour random search by measuring it against the best of its own draws.
     """
-    hits = [curve for curve in curves if finite_max(curve) >= target - 1e-12]
+    hits = [len(curve) for curve in curves if reaches(finite_max(curve), target)]
     if not hits:
         return None
-    misses = sum(len(curve) for curve in curves if finite_max(curve) < target - 1e-12)
-    return misses / (len(hits) + 1) + statistics.mean(len(curve) for curve in hits)
+    misses = sum(len(curve) for curve in curves if not reaches(finite_max(curve), target))
+    return misses / (len(hits) + 1) + statistics.mean(hits)
 
 
 def fresh_random_epochs(curves: list[list[float]], target: float, seed: int) -> int | None:
@@ -234,7 +239,7 @@ def fresh_random_epochs(curves: list[list[float]], target: float, seed: int) -> 
     spent = 0
     for index in order:
         spent += len(curves[index])
-        if finite_max(curves[index]) >= target - 1e-12:
+        if reaches(finite_max(curves[index]), target):
             return spent
     return None
 
@@ -256,7 +261,10 @@ def whole_grid_curves(space: SearchSpace, table: CurveTable, grid: list[dict[str
 
 
 def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, table: CurveTable,
-           max_factor: float, grid: list[dict[str, Any]], whole_grid: list[list[float]]) -> str:
+           max_factor: float, grid: list[dict[str, Any]], whole_grid: list[list[float]],
+           fresh: list[int | None]) -> str:
+    """``fresh``: per seed, an independent random search's trial-epochs to the target ([] without
+    the whole grid)."""
     lines = [f"# Search efficiency: {space.name}", "",
              f"Space `{space.name}`: {len(grid)} grid points, {space.epochs} epochs a trial, "
              f"metric {space.metric}; TPE+ASHA prunes on {space.pruning_metric} after "
@@ -297,8 +305,6 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
               f"Median ratio TPE+ASHA / random protocol: "
               f"{statistics.median(s / t for s, t in zip(charged, totals)):.2f} (target: at most 0.5)."]
     if whole_grid:
-        fresh = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
-                 for random_trace, _ in pairs]
         lines += ["", f"Random search's expected trial-epochs to reach the same level, from the whole grid: median "
                   f"{statistics.median(expected):.1f}; median ratio TPE+ASHA / expected random: "
                   f"{statistics.median(s / e for s, e in zip(charged, expected)):.2f}. "
@@ -318,11 +324,11 @@ def traces_csv(traces: list[Trace]) -> str:
     return buffer.getvalue()
 
 
-def plot(pairs: list[tuple[Trace, Trace]], whole_grid: list[list[float]], path: Path) -> None:
+def plot(pairs: list[tuple[Trace, Trace]], fresh: list[int | None], path: Path) -> None:
     """Left: best so far, one line per seed and search. Right: the share of seeds in which each
-    search had reached the random search's best, against trial-epochs spent; with the whole grid
-    stored, also an independent random search (another seed's draws), which, unlike the seed's own
-    draws, was not chosen as the one whose best sets the target."""
+    search had reached the random search's best, against trial-epochs spent; with ``fresh`` (the
+    whole grid stored), also an independent random search (another seed's draws), which, unlike the
+    seed's own draws, was not chosen as the one whose best sets the target."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,16 +350,15 @@ def plot(pairs: list[tuple[Trace, Trace]], whole_grid: list[list[float]], path: 
     curves.legend()
 
     budget = max(trace.spent for pair in pairs for trace in pair)
-    lines = {"random: its own draws (hindsight)": [random_trace.epochs_to_reach(random_trace.best)
-                                                   for random_trace, _ in pairs],
-             "TPE+ASHA": [tpe_trace.epochs_to_reach(random_trace.best) for random_trace, tpe_trace in pairs]}
-    if whole_grid:
-        lines["random: independent draws"] = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
-                                              for random_trace, _ in pairs]
+    lines = [("random: its own draws (hindsight)", "-",
+              [random_trace.epochs_to_reach(random_trace.best) for random_trace, _ in pairs]),
+             ("TPE+ASHA", "-", [tpe_trace.epochs_to_reach(random_trace.best) for random_trace, tpe_trace in pairs])]
+    if fresh:
+        lines.append(("random: independent draws", "--", fresh))
     xs = list(range(budget + 1))
-    for index, (label, needed) in enumerate(lines.items()):
+    for index, (label, style, needed) in enumerate(lines):
         ys = [sum(n is not None and n <= x for n in needed) / len(pairs) for x in xs]
-        reached.step(xs, ys, where="post", color=f"C{index}", linestyle="--" if index == 2 else "-", label=label)
+        reached.step(xs, ys, where="post", color=f"C{index}", linestyle=style, label=label)
     reached.set_xlabel("trial-epochs spent")
     reached.set_ylabel("share of seeds at the random search's best")
     reached.set_title("Reaching the random search's best validation F1")
@@ -393,8 +398,8 @@ def main() -> None:
     tree["data"]["prepared_dir"] = str(Path(base.data.prepared_dir).resolve())
     table = CurveTable(space, tree, args.out / f"curves-{params_digest(tree, space)}.json")
     print(f"cache: {table.path} ({len(table.curves)} configurations stored)", flush=True)
+    grid = space.grid()
     if args.fill_grid:
-        grid = space.grid()
         for index, chosen in enumerate(grid, start=1):
             table.values(chosen, space.epochs)
             print(f"grid point {index}/{len(grid)} stored", flush=True)
@@ -404,19 +409,20 @@ def main() -> None:
         random_trace = random_grid_search(space, table, seed)
         target = random_trace.best
         tpe_trace = optuna_search(space, table, seed, "tpe", "asha", math.ceil(args.max_factor * random_trace.spent),
-                                  stop=lambda best, target=target: best >= target - 1e-12)
+                                  stop=lambda best, target=target: reaches(best, target))
         pairs.append((random_trace, tpe_trace))
         print(f"seed {seed}: random best {target:.4f} after {random_trace.spent} trial-epochs; "
               f"TPE+ASHA reached it after {tpe_trace.epochs_to_reach(target)} "
               f"({tpe_trace.trials} trials, {tpe_trace.pruned} pruned)", flush=True)
 
-    grid = space.grid()
     whole_grid = whole_grid_curves(space, table, grid)
-    text = report(space, pairs, base, table, args.max_factor, grid, whole_grid)
+    fresh = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
+             for random_trace, _ in pairs] if whole_grid else []
+    text = report(space, pairs, base, table, args.max_factor, grid, whole_grid, fresh)
     traces = [trace for pair in pairs for trace in pair]
     write_text(args.out / "report.md", text)
     write_text(args.out / "traces.csv", traces_csv(traces))
-    plot(pairs, whole_grid, args.out / "best_so_far.png")
+    plot(pairs, fresh, args.out / "best_so_far.png")
     print("\n" + text)
     print(f"written: {args.out / 'report.md'}, {args.out / 'traces.csv'}, {args.out / 'best_so_far.png'}")
 
