@@ -16,7 +16,6 @@ from torch import nn
 from pipeline.data import CORRUPTIONS, CrackDataset, generate_dataset, prepare_dataset
 from pipeline.errors import DatasetError
 from pipeline.evaluation import (
-    EvalSet,
     build_eval_sets,
     render_report,
     run_evaluation,

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +68,6 @@ def test_dvc_repro_end_to_end_on_synthetic_data(tmp_path):
     assert (project / "mlflow.db").is_file()
 
     # MLflow: the run holds params, curves and the evaluation; the version holds evidence and alias.
-    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
