@@ -21,10 +21,14 @@ trial ended, and the trial-epochs TPE+ASHA needed until a complete trial reached
 ``--fill-grid`` every grid point is trained in full first; then the report adds what random search
 costs to reach the same level without choosing the target from its own draws (the exact
 expectation over draw orders, and one independent draw order), and any number of seeds only
-replays stored curves.
+replays stored curves. ``--tolerance T`` counts a score as reaching the target from ``best - T`` on,
+for every search alike. ``--noise-seeds K`` retrains the best ``--noise-configs`` grid points with K
+more training seeds (``train.seed``) and reports how far their validation F1 moves: how much of the
+difference between the top grid points is training noise.
 
     python benchmarks/search_efficiency.py [--space sac-config3] [--seeds 5] [--max-factor 2]
-        [--fill-grid] [--prune-metric val_f1] [--tpe-startup-trials 10] [-S key=value ...]
+        [--fill-grid] [--prune-metric val_f1] [--tpe-startup-trials 10] [--tolerance 0]
+        [--noise-seeds 0] [--noise-configs 5] [-S key=value ...]
 
 Results: ``<out>/report.md``, ``<out>/traces.csv`` and ``<out>/best_so_far.png``; the curve cache is
 ``<out>/curves-<params digest>.json`` (written atomically after every training, so a killed run loses
@@ -260,11 +264,12 @@ def whole_grid_curves(space: SearchSpace, table: CurveTable, grid: list[dict[str
     return [[scores.get(space.metric, math.nan) for scores in entry["epochs"]] for entry in stored]
 
 
-def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, table: CurveTable,
-           max_factor: float, grid: list[dict[str, Any]], whole_grid: list[list[float]],
-           fresh: list[int | None]) -> str:
-    """``fresh``: per seed, an independent random search's trial-epochs to the target ([] without
-    the whole grid)."""
+def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], targets: list[float], tolerance: float,
+           base: Params, table: CurveTable, max_factor: float, grid: list[dict[str, Any]],
+           whole_grid: list[list[float]], fresh: list[int | None]) -> str:
+    """``targets``: per seed, the score that counts as reaching the random search's best (its best
+    less ``tolerance``); ``fresh``: per seed, an independent random search's trial-epochs to the
+    target ([] without the whole grid)."""
     lines = [f"# Search efficiency: {space.name}", "",
              f"Space `{space.name}`: {len(grid)} grid points, {space.epochs} epochs a trial, "
              f"metric {space.metric}; TPE+ASHA prunes on {space.pruning_metric} after "
@@ -272,15 +277,17 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
              f"data {base.data.source} at {base.data.img_size}x{base.data.img_size}. "
              f"{len(table.curves)} distinct configurations stored "
              f"({'the whole grid' if whole_grid else 'part of the grid'}), "
-             f"{table.epochs_trained} epochs of them trained in this run ({table.seconds / 60:.1f} min).", "",
+             f"{table.epochs_trained} epochs of them trained in this run ({table.seconds / 60:.1f} min). "
+             + (f"A search reaches the random search's best once a complete trial scores at least that best "
+                f"less {tolerance:g} (`--tolerance`), for every search alike." if tolerance else
+                "A search reaches the random search's best once a complete trial scores at least as high."), "",
              "| seed | random: best val F1 | random: trial-epochs (whole protocol) | random: to its own best (hindsight) "
              "| random: expected to reach it (whole grid) | TPE+ASHA: trial-epochs to reach it | TPE+ASHA: trials by then "
              "| TPE+ASHA / random protocol | TPE+ASHA / random expected |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     charged, totals, to_best, expected = [], [], [], []
     reached_count = 0
-    for random_trace, tpe_trace in pairs:
-        target = random_trace.best
+    for (random_trace, tpe_trace), target in zip(pairs, targets):
         reached = tpe_trace.epochs_to_reach(target)
         reached_count += reached is not None
         # An unreached seed counts as the whole TPE budget it spent: a lower bound on what it needed.
@@ -292,7 +299,7 @@ def report(space: SearchSpace, pairs: list[tuple[Trace, Trace]], base: Params, t
         # One point per trial: the trials that ended by the time the target was reached.
         trials = tpe_trace.trials if reached is None else sum(done <= reached for done, _ in tpe_trace.points)
         bound = "" if reached is not None else "> "
-        lines.append(f"| {random_trace.seed} | {target:.4f} | {random_trace.spent} | {to_best[-1]} | "
+        lines.append(f"| {random_trace.seed} | {random_trace.best:.4f} | {random_trace.spent} | {to_best[-1]} | "
                      f"{'' if expected[-1] is None else f'{expected[-1]:.1f}'} | "
                      f"{reached if reached is not None else f'not within {tpe_trace.spent}'} | {trials} | "
                      f"{bound}{spent / random_trace.spent:.2f} | "
@@ -324,7 +331,7 @@ def traces_csv(traces: list[Trace]) -> str:
     return buffer.getvalue()
 
 
-def plot(pairs: list[tuple[Trace, Trace]], fresh: list[int | None], path: Path) -> None:
+def plot(pairs: list[tuple[Trace, Trace]], targets: list[float], fresh: list[int | None], path: Path) -> None:
     """Left: best so far, one line per seed and search. Right: the share of seeds in which each
     search had reached the random search's best, against trial-epochs spent; with ``fresh`` (the
     whole grid stored), also an independent random search (another seed's draws), which, unlike the
@@ -351,8 +358,8 @@ def plot(pairs: list[tuple[Trace, Trace]], fresh: list[int | None], path: Path) 
 
     budget = max(trace.spent for pair in pairs for trace in pair)
     lines = [("random: its own draws (hindsight)", "-",
-              [random_trace.epochs_to_reach(random_trace.best) for random_trace, _ in pairs]),
-             ("TPE+ASHA", "-", [tpe_trace.epochs_to_reach(random_trace.best) for random_trace, tpe_trace in pairs])]
+              [random_trace.epochs_to_reach(target) for (random_trace, _), target in zip(pairs, targets)]),
+             ("TPE+ASHA", "-", [tpe_trace.epochs_to_reach(target) for (_, tpe_trace), target in zip(pairs, targets)])]
     if fresh:
         lines.append(("random: independent draws", "--", fresh))
     xs = list(range(budget + 1))
@@ -361,7 +368,9 @@ def plot(pairs: list[tuple[Trace, Trace]], fresh: list[int | None], path: Path) 
         reached.step(xs, ys, where="post", color=f"C{index}", linestyle=style, label=label)
     reached.set_xlabel("trial-epochs spent")
     reached.set_ylabel("share of seeds at the random search's best")
-    reached.set_title("Reaching the random search's best validation F1")
+    tolerance = max(random_trace.best - target for (random_trace, _), target in zip(pairs, targets))
+    reached.set_title("Reaching the random search's best validation F1"
+                      + (f" (less {tolerance:.2g})" if tolerance > 1e-12 else ""))
     reached.set_ylim(0, 1.02)
     reached.grid(alpha=0.3)
     reached.legend(loc="lower right")
@@ -369,6 +378,44 @@ def plot(pairs: list[tuple[Trace, Trace]], fresh: list[int | None], path: Path) 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)
+
+
+def seed_noise(space: SearchSpace, tree: dict[str, Any], table: CurveTable, configs: list[dict[str, Any]],
+               extra_seeds: int, out: Path) -> list[list[float]]:
+    """Per configuration, its best validation score (the space's metric) with the training seed of
+    ``tree`` (from ``table``) and with each of ``extra_seeds`` further seeds, each seed's trainings
+    in their own curve cache beside ``table``'s."""
+    first = int(tree["train"]["seed"])
+    tables = [table]
+    for seed in range(first + 1, first + 1 + extra_seeds):
+        seeded = json.loads(json.dumps(tree))
+        seeded["train"]["seed"] = seed
+        tables.append(CurveTable(space, seeded, out / f"curves-{params_digest(seeded, space)}.json"))
+    return [[finite_max(seeded_table.values(chosen, space.epochs)) for seeded_table in tables] for chosen in configs]
+
+
+def seed_noise_report(space: SearchSpace, tree: dict[str, Any], table: CurveTable, configs: list[dict[str, Any]],
+                      extra_seeds: int, out: Path) -> str:
+    """A report section: the best grid points' scores across training seeds and the pooled standard
+    deviation, set beside the spread between those grid points with the benchmark's own seed."""
+    scores = seed_noise(space, tree, table, configs, extra_seeds, out)
+    first = int(tree["train"]["seed"])
+    seeds = list(range(first, first + 1 + extra_seeds))
+    lines = ["", f"## Training-seed noise of the best {len(configs)} grid points", "",
+             f"With `train.seed` {first} (the searches' own curves) and retrained with "
+             f"{', '.join(map(str, seeds[1:]))}; "
+             f"best {space.metric} of the complete trial:", "",
+             "| configuration | " + " | ".join(f"seed {seed}" for seed in seeds) + " | spread over seeds |",
+             "|---|" + "---:|" * (len(seeds) + 1)]
+    for chosen, values in zip(configs, scores):
+        lines.append(f"| {config_key(chosen)} | " + " | ".join(f"{value:.4f}" for value in values)
+                     + f" | {max(values) - min(values):.4f} |")
+    pooled = math.sqrt(statistics.mean(statistics.variance(values) for values in scores))
+    by_seed = [[values[index] for values in scores] for index in range(len(seeds))]
+    between = max(max(column) - min(column) for column in by_seed)
+    lines += ["", f"Pooled standard deviation over training seeds: {pooled:.4f}. Largest spread between these "
+              f"grid points under one training seed: {between:.4f}."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -383,6 +430,11 @@ def main() -> None:
     parser.add_argument("--tpe-startup-trials", type=int, help="default: the space's tpe_startup_trials")
     parser.add_argument("--fill-grid", action="store_true",
                         help="first train every grid point in full, so any number of seeds only replays stored curves")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="a score reaches the random search's best from best - TOLERANCE on (every search alike)")
+    parser.add_argument("--noise-seeds", type=int, default=0,
+                        help="retrain the best grid points with this many more training seeds (needs --fill-grid's cache)")
+    parser.add_argument("--noise-configs", type=int, default=5, help="how many of the best grid points --noise-seeds retrains")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/search-efficiency"))
     args = parser.parse_args()
 
@@ -405,24 +457,32 @@ def main() -> None:
             print(f"grid point {index}/{len(grid)} stored", flush=True)
 
     pairs: list[tuple[Trace, Trace]] = []
+    targets: list[float] = []
     for seed in range(args.seeds):
         random_trace = random_grid_search(space, table, seed)
-        target = random_trace.best
+        target = random_trace.best - args.tolerance
+        targets.append(target)
         tpe_trace = optuna_search(space, table, seed, "tpe", "asha", math.ceil(args.max_factor * random_trace.spent),
                                   stop=lambda best, target=target: reaches(best, target))
         pairs.append((random_trace, tpe_trace))
-        print(f"seed {seed}: random best {target:.4f} after {random_trace.spent} trial-epochs; "
+        print(f"seed {seed}: random best {random_trace.best:.4f} after {random_trace.spent} trial-epochs; "
               f"TPE+ASHA reached it after {tpe_trace.epochs_to_reach(target)} "
               f"({tpe_trace.trials} trials, {tpe_trace.pruned} pruned)", flush=True)
 
     whole_grid = whole_grid_curves(space, table, grid)
-    fresh = [fresh_random_epochs(whole_grid, random_trace.best, FRESH_SEED + random_trace.seed)
-             for random_trace, _ in pairs] if whole_grid else []
-    text = report(space, pairs, base, table, args.max_factor, grid, whole_grid, fresh)
+    fresh = [fresh_random_epochs(whole_grid, target, FRESH_SEED + random_trace.seed)
+             for (random_trace, _), target in zip(pairs, targets)] if whole_grid else []
+    text = report(space, pairs, targets, args.tolerance, base, table, args.max_factor, grid, whole_grid, fresh)
+    if args.noise_seeds:
+        if not whole_grid:
+            raise SystemExit("--noise-seeds needs every grid point stored: run with --fill-grid first")
+        ranked = sorted(zip(grid, whole_grid), key=lambda point: -finite_max(point[1]))
+        top = [chosen for chosen, _ in ranked[:args.noise_configs]]
+        text += seed_noise_report(space, tree, table, top, args.noise_seeds, args.out)
     traces = [trace for pair in pairs for trace in pair]
     write_text(args.out / "report.md", text)
     write_text(args.out / "traces.csv", traces_csv(traces))
-    plot(pairs, fresh, args.out / "best_so_far.png")
+    plot(pairs, targets, fresh, args.out / "best_so_far.png")
     print("\n" + text)
     print(f"written: {args.out / 'report.md'}, {args.out / 'traces.csv'}, {args.out / 'best_so_far.png'}")
 
