@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.metrics.tolerance import average_precision
+
 
 class PixelAPMeter:
     """Average precision of crack pixels ranked by probability, without tolerance.
@@ -36,7 +38,7 @@ class PixelAPMeter:
             self._negative += negative
 
     def compute(self) -> float:
-        """``Σ (R_k − R_{k−1})·P_k`` over bin edges from the highest down; 1.0 without crack pixels."""
+        """AP over bin edges from the highest down (``average_precision``); 1.0 without crack pixels."""
         if self._positive is None or self._negative is None:
             raise ValueError("PixelAPMeter.compute() called before any update()")
         # Predicted positive at the lower edge of bin k: every pixel in bin k or above.
@@ -47,5 +49,4 @@ class PixelAPMeter:
             return 1.0
         recall = tp / n_positive
         precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp(min=1), torch.ones_like(tp))
-        gained = torch.diff(recall, prepend=torch.zeros(1, dtype=recall.dtype))
-        return float((gained * precision).sum())
+        return average_precision(precision.numpy(), recall.numpy())
