@@ -59,7 +59,8 @@ from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_p
 from pipeline.training.loop import NonFiniteLossError
 from pipeline.training.callbacks import Callback, EpochResult
 from pipeline.training.run import resume_dir, train_from_params
-from search.optuna_backend import make_pruner, make_sampler
+from search.optuna_backend import make_pruner
+from search.samplers import make_sampler
 from search.space import SearchSpace, load_space
 
 

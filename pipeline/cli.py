@@ -135,6 +135,9 @@ def _sweep(params: Params, args: argparse.Namespace) -> None:
     from search.config import SweepConfig
     from search.space import load_space
 
+    if args.device:
+        # One GPU per worker: `--device cuda:1`, or CUDA_VISIBLE_DEVICES=1 and the default auto.
+        params = load_params(args.params, [*args.overrides, f"train.device={args.device}"])
     config = SweepConfig(space=load_space(args.space), base=params, n_trials=args.n_trials, sampler=args.sampler,
                          pruner=args.pruner, study=args.study, storage=args.storage, seed=args.seed,
                          address=args.address, overrides=list(args.overrides))
@@ -157,6 +160,8 @@ for _name in ("promote", "lineage", "compare", "predict"):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from search.backends import BACKENDS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -178,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--json", action="store_true", help='print {"trainable": N, "total": M}')
     sweep = sub.add_parser("sweep", parents=[common], help="hyperparameter sweep over a search space (resumable)")
     sweep.add_argument("space", help="a shipped space (search/spaces/<name>.yaml, e.g. sac-config3) or a YAML file")
-    sweep.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="default: optuna")
+    sweep.add_argument("--backend", choices=list(BACKENDS), default="optuna",
+                       help="default: optuna (any number of workers on one --storage); ray: Ray Tune (--address)")
     sweep.add_argument("--n-trials", type=int, default=None,
                        help="complete + pruned trials to reach (default: the drawn grid points, else 20)")
     sweep.add_argument("--sampler", choices=["grid-fraction", "random", "tpe"], default=None,
@@ -190,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Optuna storage URL (default: sqlite:///sweeps.db; PostgreSQL for several workers)")
     sweep.add_argument("--seed", type=int, default=0, help="grid draw and sampler seed (default: 0)")
     sweep.add_argument("--address", default=None, help="Ray cluster address (ray backend only)")
+    sweep.add_argument("--device", default=None,
+                       help="this worker's device for its trials (cpu, cuda, cuda:1; sets train.device)")
     from registry.commands import add_parsers
 
     add_parsers(sub, common)  # promote, lineage, compare, predict

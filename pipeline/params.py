@@ -148,6 +148,7 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = Field(None, gt=0.0)
     num_threads: int | None = Field(None, ge=1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # auto: the first GPU if any, else the CPU
     seed: int = 0
     out_dir: str = "outputs/train"
 
@@ -222,7 +223,22 @@ class RayParams(_Section):
     storage_path: str = "sweeps/ray"
 
 
+class OptunaWorkerParams(_Section):
+    # Each worker's running trial beats every heartbeat_interval seconds; a trial silent for
+    # grace_period seconds is taken as dead (its worker killed or its host lost) and run again.
+    heartbeat_interval: int = Field(10, ge=1)
+    grace_period: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _grace_exceeds_interval(self) -> "OptunaWorkerParams":
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.optuna.grace_period ({self.grace_period}) must exceed "
+                             f"heartbeat_interval ({self.heartbeat_interval}), or healthy trials look dead")
+        return self
+
+
 class SweepParams(_Section):
+    optuna: OptunaWorkerParams = OptunaWorkerParams()
     ray: RayParams = RayParams()
 
 

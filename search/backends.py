@@ -1,26 +1,33 @@
-"""Pick the sweep backend: Optuna here; Ray Tune once ``search/ray_backend.py`` provides ``run_ray_sweep``."""
+"""The sweep backends ``crackops sweep --backend`` offers: name -> ``module:class`` of a
+:class:`search.driver.SweepBackend`. Adding a backend is one file with that class and one line here."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
+from typing import TYPE_CHECKING
 
-from search.config import SweepConfig, SweepError
-from search.results import SweepSummary
+if TYPE_CHECKING:  # the CLI reads BACKENDS for --help: no MLflow, Optuna or Ray imports here
+    from search.config import SweepConfig
+    from search.driver import SweepBackend
+    from search.results import SweepSummary
 
-BACKENDS = ("optuna", "ray")
+BACKENDS = {
+    "optuna": "search.optuna_backend:OptunaBackend",  # workers on one study in an RDB (SQLite, PostgreSQL)
+    "ray": "search.ray_backend:RayBackend",  # Ray Tune on a local Ray or a cluster (--address)
+}
 
 
-def run_sweep(backend: str, config: SweepConfig) -> SweepSummary:
-    """Run ``config`` on ``backend``; both take the same config and return the same summary."""
-    if backend == "optuna":
-        from search.optuna_backend import run_optuna_sweep
+def make_backend(name: str, config: "SweepConfig") -> "SweepBackend":
+    """The backend ``name`` for ``config`` (imported only when chosen: Ray is heavy)."""
+    from search.config import SweepError
 
-        return run_optuna_sweep(config)
-    if backend == "ray":
-        # The hook for the Ray Tune backend: ``run_ray_sweep(config: SweepConfig) -> SweepSummary``.
-        if importlib.util.find_spec("search.ray_backend") is None:
-            raise SweepError("Ray backend not available yet: use --backend optuna "
-                             "(search/ray_backend.py with run_ray_sweep() will enable --backend ray)")
-        from search.ray_backend import run_ray_sweep  # type: ignore[import-not-found]
+    if name not in BACKENDS:
+        raise SweepError(f"unknown sweep backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(config)
 
-        return run_ray_sweep(config)
-    raise SweepError(f"unknown sweep backend {backend!r}; choose {' or '.join(BACKENDS)}")
+
+def run_sweep(backend: str, config: "SweepConfig") -> "SweepSummary":
+    """Run ``config`` on ``backend``; every backend takes the same config and returns the same summary."""
+    from search.driver import run_sweep as drive
+
+    return drive(make_backend(backend, config))

@@ -6,19 +6,17 @@ extended), trial counts by state, the best-params files and the plots.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import optuna
 from mlflow.exceptions import MlflowException
 
 from pipeline.params import MlflowParams
 from pipeline.tracking.setup import configure
-from search.objective import FAILED, MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
-from search.optuna_plots import save_plots
-from search.results import BestTrial, SweepSummary, TrialRow, format_value, retrain_command, write_best
+from search.objective import MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
+from search.states import FAILED
+from search.results import BestTrial, format_value
 
 if TYPE_CHECKING:
     from search.config import SweepConfig
@@ -67,30 +65,34 @@ def log_params_once(client: mlflow.MlflowClient, run_id: str, params: dict[str, 
             client.set_tag(run_id, f"{key}.resumed", text)
 
 
-@contextmanager
-def sweep_run(mlflow_params: MlflowParams, run_id: str | None, run_name: str,
-              params: dict[str, Any], tags: dict[str, str]) -> Iterator[str | None]:
-    """Make the sweep's parent run active (reopening ``run_id`` when it still exists); yields its id.
+def open_parent(mlflow_params: MlflowParams, run_id: str | None, run_name: str,
+                params: dict[str, Any], tags: dict[str, str]) -> str | None:
+    """Make the sweep's parent run active: ``run_id`` reopened while it still exists, else a new run.
 
-    Ends FINISHED, KILLED on Ctrl-C, FAILED on an error. Yields None with MLflow disabled.
+    Returns its id; None with MLflow disabled. Trials started in this process nest under it.
     """
     if not mlflow_params.enabled:
-        yield None
-        return
+        return None
     experiment_id = configure(mlflow_params)
     client = mlflow.MlflowClient()
     if _reusable(client, run_id, experiment_id):
         run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(run_name=run_name, tags={TAG_SWEEP: "parent", **tags})
-    run_id = run.info.run_id
-    try:
-        log_params_once(client, run_id, params)
-        yield run_id
-    except BaseException as error:
-        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    mlflow.end_run("FINISHED")
+    log_params_once(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def close_parent(run_id: str | None, status: str) -> None:
+    """End this process's hold on the parent run with ``status``; RUNNING leaves it open for other
+    workers of the study (MLflow would otherwise end it FINISHED when this process exits)."""
+    if run_id is None:
+        return
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 def close_orphan_children(parent_id: str | None, live_numbers: set[int], reason: str) -> list[str]:
@@ -147,20 +149,3 @@ def log_summary(run_id: str | None, metric: str, best: BestTrial | None, counts:
         client.log_artifact(run_id, str(path))
     for path in plots:
         client.log_artifact(run_id, str(path), "plots")
-
-
-def conclude(config: "SweepConfig", rows: list[TrialRow], counts: dict[str, int], best: BestTrial | None,
-             parent_id: str | None, plot_study: optuna.Study, trials_csv: Path | None) -> SweepSummary:
-    """Both backends' last step: best-params files, Optuna's plots, the parent run's summary."""
-    space = config.space
-    summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
-    files: list[Path] = []
-    if best is not None:
-        files = write_best(config.out_dir, best, space.metric)
-        summary.command = retrain_command(best.values)
-    summary.files = list(files)
-    plots, skipped = save_plots(plot_study, config.out_dir, space.metric)
-    for name, why in skipped.items():
-        print(f"plot {name} skipped: {why}", flush=True)
-    log_summary(parent_id, space.metric, best, counts, files + ([trials_csv] if trials_csv else []), plots)
-    return summary

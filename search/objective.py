@@ -17,6 +17,7 @@ from pipeline.params import MlflowParams, Params
 from pipeline.training.callbacks import Callback, EpochResult, FitResult
 from pipeline.training.loop import NonFiniteLossError
 from search.space import SearchSpace
+from search.states import COMPLETE, FAILED, PRUNED, RUNNING
 
 # MLflow tags on every trial's child run; names shared by all backends.
 TAG_STATE = "trial.state"
@@ -24,7 +25,6 @@ TAG_NUMBER = "trial.number"
 TAG_STUDY = "sweep.study"
 TAG_BACKEND = "sweep.backend"
 TAG_FAIL_REASON = "trial.fail_reason"
-FINISHED, PRUNED, FAILED, RUNNING = "finished", "pruned", "failed", "running"
 MAX_REASON = 500
 
 
@@ -200,7 +200,7 @@ def run_trial(
         if reason is None:
             raise
         raise TrialFailure(reason, recorder.run_id) from error
-    tag_run(run_id, FINISHED)
+    tag_run(run_id, COMPLETE)
     return TrialResult(best_value(outcome.fit, space.metric, space.direction), outcome.fit, params, run_id)
 
 

@@ -1,63 +1,65 @@
-"""``crackops sweep --backend optuna``: a persistent, resumable Optuna study over a search space.
+"""``crackops sweep --backend optuna``: a persistent Optuna study that any number of workers run.
 
-The study lives in an RDB storage (``sqlite:///sweeps.db`` by default; a PostgreSQL URL lets
-workers on several machines run the same command against one study). Rerunning a killed sweep's
-command resumes it: finished trials are kept, only the missing ones run, and the trial that was
-running when the process died is marked FAILED and retried with the same params:
+The study lives in an RDB storage (``sqlite:///sweeps.db`` by default; PostgreSQL for workers on
+several machines or in containers). Every worker runs the same command; together they run the
+study once:
 
-* at start-up, RUNNING trials of this host whose process is gone, and trials no worker claimed,
-  are failed and requeued at once;
-* trials of other machines are failed and requeued when their heartbeat is older than
-  ``GRACE_PERIOD`` (Optuna checks before each new trial);
-* trials stopped by Ctrl-C or by an error that stops the sweep are requeued on the next start.
+* **one lock per study** (:func:`pipeline.dblock.database_lock`: an advisory lock on PostgreSQL,
+  a file lock beside a SQLite file) serialises the few steps where workers race: creating the
+  storage's schema, queueing the grid, creating the study's one MLflow parent run, taking the next
+  trial. So no grid point is queued twice, none is skipped, and ``--n-trials N`` counts the
+  study's finished trials: a worker takes a trial only while finished + running < N.
+* **liveness by Optuna's RDB heartbeat**: a running trial beats every
+  ``sweep.optuna.heartbeat_interval`` seconds; one silent for ``grace_period`` seconds (its worker
+  was killed, its host lost) is failed by whichever worker notices first and queued again by
+  Optuna's retry callback, with its MLflow run ended FAILED. No host names or PIDs, so workers
+  in containers or other PID namespaces never fail each other's healthy trials.
+* a worker with nothing to take while other trials still run **waits** for them (one may die and
+  come back as a retry) instead of leaving: nothing is lost when a worker dies.
+* rerunning the command resumes: finished trials are kept, trials stopped by Ctrl-C or by an error
+  that stopped the sweep are queued again with the same params.
 
-``grid-fraction`` (SAC) draws ``space.grid_sample(seed)`` once per study and enqueues it; ``random``
-and ``tpe`` sample. Trials count toward ``--n-trials`` when COMPLETE or PRUNED, so a trial that
-failed for its own reason (NaN loss, out of memory, an invalid combination) is replaced by a new
-one, except in a grid, which runs exactly its drawn points.
+``grid-fraction`` (SAC) draws ``space.grid_sample(seed)`` once per study and queues it; ``random``
+and ``tpe`` sample. A trial that failed for its own reason (NaN loss, out of memory, an invalid
+combination) does not count toward ``--n-trials``, so a new one replaces it, except in a grid,
+which runs exactly its drawn points.
 """
 from __future__ import annotations
 
 import copy
+import datetime
+import gc
 import hashlib
-import math
 import os
 import socket
 import time
 import warnings
-from collections import Counter
-from pathlib import Path
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import optuna
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.storages._heartbeat import get_heartbeat_thread  # the same beat Study.optimize runs
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.atomic import write_text
-from pipeline.data import load_manifest
+from pipeline.dblock import connect_args, database_lock, masked_url, sqlite_file
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, conclude, sweep_params, sweep_run
+from search.driver import RunOutcome, StudyPlan, SweepBackend
+from search.mlflow_sweep import close_orphan_children
 from search.objective import (
-    TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, describe, run_trial, winning_values,
+    TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, describe, run_trial,
 )
-from search.results import (
-    BestTrial, SweepSummary, TrialRow, format_summary, format_table, trial_line,
-)
+from search.results import TrialRow
+from search.samplers import make_sampler
 from search.space import SearchSpace
+from search.states import COMPLETE, FAILED, PRUNED, RUNNING, WAITING, count_states
 
-BACKEND = "optuna"
-# Heartbeats every 10 s; another machine's trial is presumed dead after 60 s of silence. Short
-# enough that a preempted worker's trial comes back within a minute, long enough that a busy
-# database or a GC pause does not kill a healthy trial. Same-host restarts do not wait for it.
-HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 60
-CLAIM_WAIT = 5.0  # seconds to let a live worker claim a trial it just took (see _dead_running)
 MAX_RETRY = 2  # a trial that keeps killing its worker (e.g. the kernel's OOM killer) is dropped
-TRIALS_FILE = "trials.csv"
-STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-               TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+STATE_NAMES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
+               TrialState.RUNNING: RUNNING, TrialState.WAITING: WAITING}
+SCHEMA_LOCK = "crackops-optuna-schema"
 
 # Trial user attrs (JSON): what a backend-independent report needs.
 A_PARAMS = "params"  # the trial's choices with real values (LoRA targets as lists)
@@ -65,7 +67,7 @@ A_FAIL_REASON = "fail_reason"  # the trial's own failure: not retried
 A_INTERRUPTED = "interrupted"  # stopped with the sweep (Ctrl-C, an error): retried on resume
 A_EPOCHS = "epochs_run"
 A_RUN_ID = "mlflow_run_id"
-A_HOST, A_PID = "worker.host", "worker.pid"
+A_WORKER = "worker"  # host and pid, for people reading the study; never used to judge liveness
 # Study user attrs.
 S_SPACE, S_SPACE_SHA = "sweep.space", "sweep.space_sha256"
 S_PARENT = "mlflow.parent_run_id"
@@ -73,60 +75,45 @@ S_GRID_DONE, S_GRID_SEED, S_GRID_POINTS, S_GRID_SIZE = "grid.enqueued", "grid.se
 # Optuna's own bookkeeping of retries (see RetryHeartbeatStaleTrialCallback).
 RETRY_HISTORY, RETRY_OF, FIXED_PARAMS = "retry_history", "failed_trial", "fixed_params"
 
-_RetryBase = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 
-
-class RetryStaleTrial(_RetryBase):  # type: ignore[misc, valid-type]
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, with a clean slate of user attrs for the new attempt and a
     hook (``on_retry``) that closes the dead trial's MLflow run."""
 
     def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore")  # "experimental"
             super().__init__(max_retry=max_retry)
-        self.on_retry: Any = None
+        self.on_retry: Callable[[optuna.Study, FrozenTrial], None] | None = None
+        self.retried: list[int] = []  # numbers of the dead trials this process queued again
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
         clean.user_attrs = {}
         super().__call__(study, clean)
+        self.retried.append(trial.number)
         if self.on_retry is not None:
             self.on_retry(study, trial)
 
 
-def make_storage(url: str, retry: RetryStaleTrial | None = None) -> optuna.storages.RDBStorage:
-    """The study's database with heartbeats and stale-trial retries."""
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    callback_arg = ("heartbeat_stale_trial_callback"
-                    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback") else "failed_trial_callback")
+def make_storage(url: str, retry: RetryStaleTrial | None = None, heartbeat_interval: int = 10,
+                 grace_period: int = 60) -> optuna.storages.RDBStorage:
+    """The study's database with heartbeats and stale-trial retries; its schema is created by one
+    worker at a time (several starting together on a fresh database would collide)."""
+    database = sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental" since Optuna 2.9
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                                              **{callback_arg: retry or RetryStaleTrial()})
+        with database_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect_args(url)} if connect_args(url) else None,
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry or RetryStaleTrial())
     except Exception as error:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-        raise SweepError(f"cannot open sweep storage {masked_url(url)}: {type(error).__name__}: {error}") from None
-
-
-def masked_url(url: str) -> str:
-    """The storage URL with any password hidden (it goes into logs and MLflow params)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy understands: show only the scheme
-        return url.split(":", 1)[0] + ":..."
-
-
-def make_sampler(name: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """``tpe``: Optuna's TPE, after ``space.tpe_startup_trials`` random trials (Optuna's 10 if unset);
-    ``random`` and ``grid-fraction``: random sampling."""
-    if name == "tpe":
-        startup = {"n_startup_trials": space.tpe_startup_trials} if space.tpe_startup_trials else {}
-        return optuna.samplers.TPESampler(seed=seed, **startup)
-    # grid-fraction runs enqueued points; its sampler only fills a point no worker enqueued.
-    return optuna.samplers.RandomSampler(seed=seed)
+        lines = str(error).strip().splitlines()
+        raise SweepError(f"cannot open sweep storage {masked_url(url)}: {type(error).__name__}: "
+                         f"{lines[0] if lines else ''}") from None
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -141,16 +128,9 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise SweepError(f"unknown pruner {name!r}; choose none, median or asha")
 
 
-def space_digest(space: SearchSpace) -> str:
-    return hashlib.sha256(space.model_dump_json().encode()).hexdigest()
-
-
 def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage,
                pruner: optuna.pruners.BasePruner) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it to resume; returns ``(study, created_now)``.
-
-    Creation is atomic in the database, so exactly one of several workers started together creates it.
-    """
+    """Create the study, or load it to resume or join; returns ``(study, created_now)``."""
     space, name = config.space, config.study_name
     placeholder = optuna.samplers.RandomSampler(seed=config.seed)  # replaced once the trial count is known
     try:
@@ -158,7 +138,7 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage,
                                     sampler=placeholder, pruner=pruner)
         created = True
         study.set_user_attr(S_SPACE, space.name)
-        study.set_user_attr(S_SPACE_SHA, space_digest(space))
+        study.set_user_attr(S_SPACE_SHA, space.digest())
     except DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=placeholder, pruner=pruner)
         created = False
@@ -177,7 +157,7 @@ def _check_resumable(study: optuna.Study, config: SweepConfig) -> None:
     if recorded is not None and recorded != space.name:
         raise SweepError(f"study {study.study_name!r} in {masked_url(config.storage)} is a sweep over space "
                          f"{recorded!r}, not {space.name!r}; pick another --study name to start a new sweep")
-    if study.user_attrs.get(S_SPACE_SHA) not in (None, space_digest(space)):
+    if study.user_attrs.get(S_SPACE_SHA) not in (None, space.digest()):
         print(f"warning: space {space.name!r} changed since study {study.study_name!r} began; "
               "finished trials keep their old values", flush=True)
 
@@ -191,30 +171,12 @@ def _sampler_seed(seed: int, created: bool, n_existing: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def encode_point(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    """A grid point in Optuna's terms: list choices travel as ``"q,v"`` (as in ``space.suggest``)."""
-    return {key: ",".join(map(str, value)) if isinstance(value, list) else value for key, value in point.items()}
-
-
-def decode_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
-    """Optuna's stored params back to real values (the inverse of :func:`encode_point`)."""
-    decoded = {}
-    for key, value in params.items():
-        spec = space.parameters.get(key)
-        if spec is not None and spec.type == "categorical":
-            encoded = [",".join(map(str, c)) if isinstance(c, list) else c for c in spec.choices]
-            value = spec.choices[encoded.index(value)] if value in encoded else value
-        elif spec is not None and spec.type == "stepped":
-            value = float(f"{value:.12g}")
-        decoded[key] = value
-    return decoded
-
-
 def enqueue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> int:
     """Draw the study's share of the grid once and queue it; returns the number of drawn points.
 
-    A resumed study keeps its first draw (``grid.enqueued``); ``skip_if_exists`` covers a worker that
-    died halfway through enqueueing.
+    Call it under the study's lock: the check and the queueing must be one step for workers
+    starting together. A resumed study keeps its first draw (``grid.enqueued``); ``skip_if_exists``
+    covers a worker that died halfway through queueing.
     """
     attrs = study.user_attrs
     if attrs.get(S_GRID_DONE):
@@ -224,7 +186,7 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> int:
         return int(attrs[S_GRID_POINTS])
     points = space.grid_sample(seed)
     for point in points:
-        study.enqueue_trial(encode_point(space, point), skip_if_exists=True)
+        study.enqueue_trial(space.encode(point), skip_if_exists=True)
     study.set_user_attr(S_GRID_SEED, seed)
     study.set_user_attr(S_GRID_POINTS, len(points))
     study.set_user_attr(S_GRID_SIZE, len(space.grid()))
@@ -232,65 +194,59 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> int:
     return len(points)
 
 
-def _pid_gone(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid == os.getpid():
-        # Our own pid on a trial at start-up: a container restart reused it; that process is gone.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {number for trial in trials for number in trial.system_attrs.get(RETRY_HISTORY, [])}
 
 
-def _dead_running(study: optuna.Study) -> list[FrozenTrial]:
-    """RUNNING trials that cannot finish: this host's with their process gone, and unclaimed ones.
+def _silent_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_period: int) -> list[FrozenTrial]:
+    """RUNNING trials that never beat, started over ``grace_period`` ago: their worker died between
+    taking the trial and its first heartbeat, which Optuna's stale check (heartbeats only) misses."""
+    from optuna.storages._rdb import models
 
-    A worker claims a trial (host, pid) within milliseconds of taking it; one killed in between
-    leaves a trial that is neither claimed nor heartbeating, which Optuna's stale check never sees.
-    """
-    host = socket.gethostname()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    dead = [t for t in running if t.user_attrs.get(A_HOST) == host and _pid_gone(t.user_attrs.get(A_PID))]
-    unclaimed = {t.number for t in running if A_HOST not in t.user_attrs}
-    if unclaimed:
-        time.sleep(CLAIM_WAIT)  # a live worker that just took one claims it meanwhile
-        dead += [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.number in unclaimed and A_HOST not in t.user_attrs]
-    return dead
+    if not running:
+        return []
+    with storage.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(
+            models.TrialHeartbeatModel.__table__.select().with_only_columns(
+                models.TrialHeartbeatModel.__table__.c.trial_id))}
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
+    return [trial for trial in running if trial._trial_id not in beating
+            and trial.datetime_start is not None and trial.datetime_start < cutoff]
 
 
-def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, retry: RetryStaleTrial) -> list[int]:
-    """Fail and requeue trials that can no longer finish; returns their numbers.
+def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, retry: RetryStaleTrial,
+                   grace_period: int) -> list[int]:
+    """Fail and queue again the trials that can no longer finish; returns their numbers. Call it
+    under the study's lock (two workers must not queue one trial twice).
 
-    * RUNNING but dead (see :func:`_dead_running`): a kill just now need not wait for the heartbeat;
-    * FAIL with ``interrupted`` and no retry yet (Ctrl-C or a sweep-stopping error last time).
+    * RUNNING with a stale heartbeat (Optuna's own check, its retry callback) or none at all;
+    * FAIL with ``interrupted`` and no retry yet (Ctrl-C or a sweep-stopping error).
     """
-    recovered = []
-    for trial in _dead_running(study):
+    already = len(retry.retried)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental"
+        optuna.storages.fail_stale_trials(study)  # calls the storage's callback, i.e. ``retry``
+    recovered = retry.retried[already:]
+    for trial in _silent_trials(study, storage, grace_period):
         try:
-            # Compare-and-set in the database (as Optuna's fail_stale_trials does): of two workers
-            # recovering together, only one wins and requeues. Optuna keeps ids on FrozenTrial only.
+            # Compare-and-set in the database, as Optuna's fail_stale_trials does.
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue
         retry(study, storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried_numbers(trials)
-    # No retry limit here: being stopped with the sweep is no fault of the trial's.
-    requeue = RetryStaleTrial(max_retry=None)
-    for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(A_INTERRUPTED) and trial.number not in retried:
-            requeue(study, trial)
-            recovered.append(trial.number)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    interrupted = [trial for trial in failed if trial.user_attrs.get(A_INTERRUPTED)]
+    if interrupted:
+        retried = _retried_numbers(study.get_trials(deepcopy=False))
+        # No retry limit here: being stopped with the sweep is no fault of the trial's.
+        requeue = RetryStaleTrial(max_retry=None)
+        for trial in interrupted:
+            if trial.number not in retried:
+                requeue(study, trial)
+                recovered.append(trial.number)
     return sorted(recovered)
 
 
@@ -324,33 +280,20 @@ class _RecordRunId(Callback):
 
 
 class _Objective:
-    """Optuna's objective: suggest, train through :func:`run_trial`, record how the trial ended."""
+    """Suggest, train through :func:`run_trial`, record how the trial ended (raises like an Optuna objective)."""
 
     def __init__(self, config: SweepConfig) -> None:
         self.config = config
         self.space = config.space
         self.base_tree = config.base_tree()
-        self.grid = config.sampler_name == "grid-fraction"
-        self.host, self.pid = socket.gethostname(), os.getpid()
-
-    def _from_queue(self, study: optuna.Study, trial: optuna.Trial) -> bool:
-        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number == trial.number:
-                return FIXED_PARAMS in frozen.system_attrs or RETRY_OF in frozen.system_attrs
-        return False
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr(A_HOST, self.host)
-        trial.set_user_attr(A_PID, self.pid)
-        if self.grid and not self._from_queue(trial.study, trial):
-            # Another worker took the last grid point between our check and this trial's start.
-            reason = "grid exhausted: another worker took the last drawn point"
-            trial.set_user_attr(A_FAIL_REASON, reason)
-            raise TrialFailure(reason)
+        trial.set_user_attr(A_WORKER, self.worker)
         chosen = self.space.suggest(trial)
         trial.set_user_attr(A_PARAMS, chosen)
         reporter = _OptunaReporter(trial, self.space.pruning_metric)
-        tags = {TAG_NUMBER: str(trial.number), TAG_STUDY: self.config.study_name, TAG_BACKEND: BACKEND}
+        tags = {TAG_NUMBER: str(trial.number), TAG_STUDY: self.config.study_name, TAG_BACKEND: OptunaBackend.name}
         try:
             result = run_trial(self.base_tree, self.space, chosen,
                                [_RecordRunId(trial), ReportingCallback(reporter, self.space.pruning_metric)],
@@ -368,30 +311,45 @@ class _Objective:
         return result.value
 
 
-def count_states(study: optuna.Study) -> dict[str, int]:
-    """Trials by state, in the words of MLflow's ``trial.state`` tags (complete, pruned, failed, ...)."""
-    counts = Counter(trial.state for trial in study.get_trials(deepcopy=False))
-    return {name: counts.get(state, 0) for state, name in STATE_NAMES.items()}
+def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run a trial already taken (``study.ask``) to its end, beating while it runs, as
+    ``Study.optimize`` does; returns it as stored. Errors not the trial's own are re-raised."""
+    value, state = None, None
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialFailure:
+                state = TrialState.FAIL
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    study.tell(trial, value if state is None else None, state=state)
+    gc.collect()  # a trial's model must not stay in memory beside the next one's
+    return study._storage.get_trial(trial._trial_id)
 
 
 def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int] | None = None) -> TrialRow:
     attrs = trial.user_attrs
-    params = attrs.get(A_PARAMS) or decode_params(space, trial.params)
+    params = attrs.get(A_PARAMS) or space.decode(trial.params)
     if not params and FIXED_PARAMS in trial.system_attrs:  # a queued grid point not yet started
-        params = decode_params(space, trial.system_attrs[FIXED_PARAMS])
+        params = space.decode(trial.system_attrs[FIXED_PARAMS])
     epochs = attrs.get(A_EPOCHS, len(trial.intermediate_values) or None)
     notes = []
     if attrs.get(A_FAIL_REASON):
         notes.append(attrs[A_FAIL_REASON])
     elif trial.state == TrialState.FAIL:
-        notes.append(f"interrupted: {attrs[A_INTERRUPTED]}" if attrs.get(A_INTERRUPTED) else "worker stopped")
+        notes.append(f"interrupted: {attrs[A_INTERRUPTED]}" if attrs.get(A_INTERRUPTED)
+                     else "its worker stopped beating (killed or lost)")
     if retried_as and trial.number in retried_as:
         notes.append(f"retried as trial {retried_as[trial.number]}")
     if RETRY_OF in trial.system_attrs:
         notes.append(f"retry of trial {trial.system_attrs[RETRY_HISTORY][-1]}")
     value = trial.value if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
     seconds = trial.duration.total_seconds() if trial.duration else None
-    return TrialRow(trial.number, trial.state.name, value, params, epochs, seconds, "; ".join(notes))
+    return TrialRow(trial.number, STATE_NAMES[trial.state], value, params, epochs, seconds, "; ".join(notes))
 
 
 def all_rows(study: optuna.Study, space: SearchSpace) -> list[TrialRow]:
@@ -404,136 +362,113 @@ def all_rows(study: optuna.Study, space: SearchSpace) -> list[TrialRow]:
     return [trial_row(space, trial, retried_as) for trial in trials]
 
 
-def best_of(study: optuna.Study, space: SearchSpace) -> BestTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
-    if not complete:
-        return None
-    best = study.best_trial
-    chosen = best.user_attrs.get(A_PARAMS) or decode_params(space, best.params)
-    return BestTrial(best.number, float(best.value), winning_values(space, chosen))
+def study_counts(study: optuna.Study) -> dict[str, int]:
+    return count_states([STATE_NAMES[trial.state] for trial in study.get_trials(deepcopy=False)])
 
 
-class _StopRule:
-    """Ends ``optimize`` when the sweep has what it needs; prints one line per finished trial."""
-
-    def __init__(self, config: SweepConfig, n_trials: int) -> None:
-        self.config = config
-        self.n_trials = n_trials
-        self.grid = config.sampler_name == "grid-fraction"
-        self.failures = 0
-
-    def reason(self, study: optuna.Study) -> str | None:
-        counts = count_states(study)
-        if counts["complete"] + counts["pruned"] >= self.n_trials:
-            return f"{self.n_trials} trials finished"
-        if self.grid and counts["waiting"] == 0:
-            return "every drawn grid point has run"
-        if not self.grid and self.failures >= self.n_trials:
-            return f"{self.failures} trials failed in this run; check the space and the fail reasons"
-        return None
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        print(trial_line(trial_row(self.config.space, trial), self.config.space.metric), flush=True)
-        if trial.state == TrialState.FAIL:
-            self.failures += 1
-        if self.reason(study):
-            study.stop()
-
-
-def _parent_params(config: SweepConfig, n_trials: int, grid_points: int | None) -> dict[str, Any]:
-    return sweep_params(config, BACKEND, n_trials, grid_points, masked_url(config.storage))
-
-
-def _write_trials_csv(study: optuna.Study, out_dir: Path) -> Path | None:
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start", "duration", "params",
-                                          "user_attrs"))
-    if frame.empty:
-        return None
-    path = out_dir / TRIALS_FILE
-    write_text(path, frame.to_csv(index=False))
-    return path
-
-
-def _finish(study: optuna.Study, config: SweepConfig, parent_id: str | None) -> SweepSummary:
-    """Best files, plots, the parent run's summary; returns what to print."""
-    space = config.space
-    return conclude(config, all_rows(study, space), count_states(study), best_of(study, space), parent_id,
-                    study, _write_trials_csv(study, config.out_dir))
-
-
-def run_optuna_sweep(config: SweepConfig) -> SweepSummary:
-    """Run (or resume) the sweep ``config`` describes; prints progress and returns the summary."""
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Our own lines replace Optuna's (study created, trial finished); a failed trial would repeat
+    its traceback, which the trial's line and its MLflow run already explain."""
     verbosity = optuna.logging.get_verbosity()
-    # Our own lines replace Optuna's (study created, trial finished); failed trials would repeat
-    # their traceback, which the trial's line and its MLflow run already explain.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        return _run(config)
+        yield
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
-def _run(config: SweepConfig) -> SweepSummary:
-    space = config.space
-    # Errors every trial would hit, before a study or run exists: no data, a grid of a continuous space.
-    load_manifest(Path(config.base.data.prepared_dir))
-    if config.sampler_name == "grid-fraction":
-        space.grid()
-    retry = RetryStaleTrial()
-    storage = make_storage(config.storage, retry)
-    study, created = open_study(config, storage, make_pruner(config.pruner_name))
-    grid_points = enqueue_grid(study, space, config.seed) if config.sampler_name == "grid-fraction" else None
-    n_trials = config.n_trials or grid_points or DEFAULT_N_TRIALS
-    recovered = recover_trials(study, storage, retry)
-    _announce(config, study, created, n_trials, grid_points, recovered)
-    with sweep_run(config.base.mlflow, study.user_attrs.get(S_PARENT), f"sweep-{config.study_name}",
-                   _parent_params(config, n_trials, grid_points),
-                   {TAG_STUDY: config.study_name, TAG_BACKEND: BACKEND}) as parent_id:
-        _optimize(study, config, n_trials, retry, parent_id)
-        summary = _finish(study, config, parent_id)
-    print(format_table(summary.rows, space.metric), flush=True)
-    print(format_summary(summary, space.epochs, config.overrides), flush=True)
-    return summary
+class OptunaBackend(SweepBackend):
+    """Trials in this process, one at a time, coordinated with every other worker through the study's database."""
 
+    name = "optuna"
 
-def _announce(config: SweepConfig, study: optuna.Study, created: bool, n_trials: int,
-              grid_points: int | None, recovered: list[int]) -> None:
-    attrs = study.user_attrs
-    grid_text = (f" ({grid_points} of {attrs.get(S_GRID_SIZE)} grid points, seed {attrs.get(S_GRID_SEED)})"
-                 if grid_points is not None else "")
-    space = config.space
-    print(f"sweep {config.study_name!r} over space {space.name!r} ({BACKEND}): sampler {config.sampler_name}"
-          f"{grid_text}, pruner {config.pruner_name}, {n_trials} trials of {space.epochs} epochs, "
-          f"best by {space.metric}; storage {masked_url(config.storage)}", flush=True)
-    if not created:
-        counts = count_states(study)
-        print(f"resuming: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
-              + (f"; requeued interrupted trial(s) {', '.join(map(str, recovered))}" if recovered else ""),
-              flush=True)
+    def __init__(self, config: SweepConfig) -> None:
+        super().__init__(config)
+        self.settings = config.base.sweep.optuna
+        self.retry = RetryStaleTrial()
+        self.grid = config.sampler_name == "grid-fraction"
+        self.storage: optuna.storages.RDBStorage | None = None
+        self.study: optuna.Study | None = None
+        self.n_trials = 0
 
+    def coordination(self) -> AbstractContextManager[None]:
+        return database_lock(self.config.storage, f"crackops-study:{self.config.study_name}")
 
-def _optimize(study: optuna.Study, config: SweepConfig, n_trials: int, retry: RetryStaleTrial,
-              parent_id: str | None) -> None:
-    """Run trials until the stop rule says enough, with the parent run active for nesting."""
-    if parent_id is not None:
-        if study.user_attrs.get(S_PARENT) != parent_id:
-            study.set_user_attr(S_PARENT, parent_id)
+    def open(self) -> StudyPlan:
+        config = self.config
+        self.storage = make_storage(config.storage, self.retry, self.settings.heartbeat_interval,
+                                    self.settings.grace_period)
+        with self.coordination(), quiet_optuna():
+            self.study, created = open_study(config, self.storage, make_pruner(config.pruner_name))
+            grid_points = enqueue_grid(self.study, config.space, config.seed) if self.grid else None
+            recovered = recover_trials(self.study, self.storage, self.retry, self.settings.grace_period)
+        self.n_trials = config.n_trials or grid_points or DEFAULT_N_TRIALS
+        attrs = self.study.user_attrs
+        return StudyPlan(self.n_trials, masked_url(config.storage), grid_points, attrs.get(S_GRID_SIZE),
+                         attrs.get(S_GRID_SEED), None if created else study_counts(self.study), recovered)
 
-        def close_runs(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
-            live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            close_orphan_children(parent_id, live, "interrupted: the worker stopped; the trial is retried")
+    def recorded_parent(self) -> str | None:
+        return self.study.user_attrs.get(S_PARENT)
 
-        close_runs(study)  # trials recovered at start-up
-        retry.on_retry = close_runs  # trials Optuna finds stale later (other machines)
-    stop = _StopRule(config, n_trials)
-    reason = stop.reason(study)
-    if reason:
-        print(f"nothing to run: {reason}", flush=True)
-        return
-    try:
-        study.optimize(_Objective(config), n_trials=None, catch=(TrialFailure,), gc_after_trial=True,
-                       callbacks=[stop, optuna.study.MaxTrialsCallback(
-                           n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
-    finally:
-        retry.on_retry = None
+    def record_parent(self, run_id: str) -> None:
+        if self.study.user_attrs.get(S_PARENT) != run_id:
+            self.study.set_user_attr(S_PARENT, run_id)
+
+    def rows(self) -> list[TrialRow]:
+        return all_rows(self.study, self.config.space)
+
+    def _next(self, failures: int) -> tuple[optuna.Trial | None, str | None]:
+        """Under the study's lock: a trial to run, or None and why to stop (None: wait for the running ones)."""
+        counts = study_counts(self.study)
+        finished = counts[COMPLETE] + counts[PRUNED]
+        if finished >= self.n_trials:
+            return None, f"{self.n_trials} trials finished"
+        if not self.grid and failures >= self.n_trials:
+            return None, f"{failures} trials failed in this run; check the space and the fail reasons"
+        if finished + counts[RUNNING] < self.n_trials and (counts[WAITING] or not self.grid):
+            with warnings.catch_warnings():
+                # "Heartbeat ... supposed to be used with Study.optimize": run_one beats as optimize does.
+                warnings.simplefilter("ignore", UserWarning)
+                return self.study.ask(), None  # the oldest queued trial first, else a new sample
+        if counts[RUNNING]:
+            return None, None
+        return None, "every drawn grid point has run"
+
+    def run(self, parent_id: str | None, report: Callable[[TrialRow], None]) -> RunOutcome:
+        study, storage, space = self.study, self.storage, self.config.space
+        if parent_id is not None:
+            def close_runs(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+                live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                close_orphan_children(parent_id, live, "interrupted: the worker stopped; the trial is retried")
+
+            close_runs(study)  # trials recovered at start-up
+            self.retry.on_retry = close_runs  # trials found dead later
+        objective, failures, waiting = _Objective(self.config), 0, False
+        # A worker that waits for others' trials polls at the heartbeat's pace: a dead one is noticed
+        # within grace_period + this.
+        poll = min(5.0, float(self.settings.heartbeat_interval))
+        try:
+            with quiet_optuna():
+                while True:
+                    with self.coordination():
+                        recover_trials(study, storage, self.retry, self.settings.grace_period)
+                        trial, stop = self._next(failures)
+                    if trial is None and stop is not None:
+                        print(f"worker done: {stop}", flush=True)
+                        return RunOutcome()
+                    if trial is None:
+                        if not waiting:
+                            waiting = True
+                            running = study_counts(study)[RUNNING]
+                            print(f"waiting for {running} trial(s) running on other workers (one that dies is "
+                                  f"run again here)", flush=True)
+                        time.sleep(poll)
+                        continue
+                    waiting = False
+                    frozen = run_one(study, trial, objective)
+                    if frozen.state == TrialState.FAIL:
+                        failures += 1
+                    report(trial_row(space, frozen))
+        finally:
+            self.retry.on_retry = None

@@ -1,4 +1,5 @@
-"""Optuna's matplotlib plots of a study as PNG files (optimization history, importances, parallel)."""
+"""The sweep's plots as PNG files (optimization history, importances, parallel coordinates), drawn
+by Optuna's matplotlib visualisation from the trial rows of any backend."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +8,13 @@ from typing import Callable
 
 import optuna
 
+from search.results import TrialRow
+from search.space import SearchSpace
+from search.states import COMPLETE, FAILED, PRUNED
+
 PLOT_DIR = "plots"
+_OPTUNA_STATES = {COMPLETE: optuna.trial.TrialState.COMPLETE, PRUNED: optuna.trial.TrialState.PRUNED,
+                  FAILED: optuna.trial.TrialState.FAIL}
 
 
 def _plotters() -> dict[str, Callable]:
@@ -20,7 +27,24 @@ def _plotters() -> dict[str, Callable]:
     }
 
 
-def save_plots(study: optuna.Study, out_dir: Path, target_name: str) -> tuple[list[Path], dict[str, str]]:
+def rows_as_study(space: SearchSpace, rows: list[TrialRow]) -> optuna.Study:
+    """The ended trials as an in-memory Optuna study (the visualisation's input)."""
+    study = optuna.create_study(direction=space.direction)
+    for row in sorted(rows, key=lambda item: item.number):
+        if row.state not in _OPTUNA_STATES:
+            continue
+        fixed = optuna.trial.FixedTrial(space.encode(row.params))
+        space.suggest(fixed)
+        state = _OPTUNA_STATES[row.state]
+        value = row.value if state == optuna.trial.TrialState.COMPLETE else None
+        if state == optuna.trial.TrialState.COMPLETE and value is None:
+            state = optuna.trial.TrialState.FAIL
+        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                                  value=value, state=state, user_attrs={"number": row.number}))
+    return study
+
+
+def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple[list[Path], dict[str, str]]:
     """Write each plot that can be drawn to ``out_dir/plots/<name>.png``.
 
     Returns the files and, for each plot left out, why (e.g. importances need two complete trials).
@@ -30,6 +54,7 @@ def save_plots(study: optuna.Study, out_dir: Path, target_name: str) -> tuple[li
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
+    study = rows_as_study(space, rows)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         return [], {"all": "no complete trial"}
@@ -43,7 +68,7 @@ def save_plots(study: optuna.Study, out_dir: Path, target_name: str) -> tuple[li
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning on every matplotlib plot
-                axes = plot(study, target_name=target_name)
+                axes = plot(study, target_name=space.metric)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
             figure.set_size_inches(10, 6)
             figure.tight_layout()

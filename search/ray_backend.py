@@ -22,8 +22,6 @@ the best epoch's metrics, so Tune's searcher sees the same number.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -44,27 +42,25 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from pipeline.atomic import write_json, write_text
-from pipeline.data import load_manifest
+from pipeline.atomic import write_json
 from pipeline.params import Params
 from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
 from pipeline.tracking.setup import resolve_tracking_uri
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
-from search.mlflow_sweep import close_orphan_children, conclude, sweep_params, sweep_run
+from search.driver import RunOutcome, StudyPlan, SweepBackend
+from search.mlflow_sweep import close_orphan_children
 from search.objective import (
-    FAILED, FINISHED, MAX_REASON, PRUNED, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
-    ReportingCallback, TrialFailure, metric_value, run_trial, winning_values,
+    MAX_REASON, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
+    ReportingCallback, TrialFailure, metric_value, run_trial,
 )
-from search.optuna_backend import encode_point, make_sampler, space_digest
-from search.results import (
-    BestTrial, SweepSummary, TrialRow, format_summary, format_table, trial_line,
-)
+from search.results import TrialRow, trial_line
+from search.samplers import make_sampler
 from search.space import SearchSpace
+from search.states import COMPLETE, FAILED, PRUNED, RUNNING, WAITING
 
 BACKEND = "ray"
 STATE_FILE = "crackops_sweep.json"  # beside Tune's experiment state: the parent run and the space
-TRIALS_FILE = "trials.csv"
 # Checkpoint files: the loop's resume state (pipeline.training.run) and the epochs already logged.
 STATE_FILES = ("last.pt", "best.pt", "params.sha256")
 HISTORY_FILE = "history.json"
@@ -74,8 +70,6 @@ TAG_RESUMED = "trial.resumed_from_epoch"
 _ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:")
 INTERRUPTED = "interrupted: the sweep stopped; rerun the command to continue this trial from its last epoch"
 INTERRUPTED_ROW = "interrupted after epoch {epochs}; continues on resume"
-# Row states, in the Optuna backend's words, and their counts' names.
-COUNT_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +103,7 @@ def make_searcher(config: SweepConfig, points: list[dict[str, Any]] | None) -> O
     space = config.space
     return OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=_mode(space),
                         sampler=make_sampler(config.sampler_name, config.seed, space),
-                        points_to_evaluate=[encode_point(space, point) for point in points or []] or None)
+                        points_to_evaluate=[space.encode(point) for point in points or []] or None)
 
 
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
@@ -178,7 +172,7 @@ class TuneTrialReporter(Callback):
         """The trial's last result (its score) with a checkpoint of the history only: Tune keeps one
         checkpoint per trial, so the weights of a finished trial do not stay on disk."""
         epochs, metric, direction = len(self.history), space.metric, space.direction
-        if state == FINISHED and self.history:
+        if state == COMPLETE and self.history:
             pick = max if direction == "maximize" else min
             best = pick(self.history, key=lambda item: _finite_or(metric_value(item, metric), direction))
             result = self._result(best, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs})
@@ -247,7 +241,7 @@ def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
                 # The trial's own failure ends it, not the sweep; Tune sees a finished trial with no score.
                 reporter.final(space, FAILED, failure.run_id, failure.reason)
                 return
-        reporter.final(space, FINISHED, result.run_id)
+        reporter.final(space, COMPLETE, result.run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -338,7 +332,7 @@ def _check_resumable(state: dict[str, Any], config: SweepConfig, folder: Path) -
     if state.get("space") not in (None, space.name):
         raise SweepError(f"Ray experiment {folder} is a sweep over space {state['space']!r}, not {space.name!r}; "
                          "pick another --study name to start a new sweep")
-    if state.get("space_sha256") not in (None, space_digest(space)):
+    if state.get("space_sha256") not in (None, space.digest()):
         print(f"warning: space {space.name!r} changed since study {config.study_name!r} began; "
               "finished trials keep their old values", flush=True)
 
@@ -347,7 +341,7 @@ def _check_resumable(state: dict[str, Any], config: SweepConfig, folder: Path) -
 
 
 def trial_row(space: SearchSpace, trial: Trial) -> TrialRow:
-    """A Tune trial as the Optuna backend reports a trial (states COMPLETE, PRUNED, FAIL, ...)."""
+    """A Tune trial as a sweep row (``search.states``)."""
     result = trial.last_result or {}
     config = trial.config or {}
     params = {key: value for key, value in config.items() if key in space.parameters}
@@ -359,24 +353,24 @@ def trial_row(space: SearchSpace, trial: Trial) -> TrialRow:
     if trial.status == Trial.TERMINATED:
         state, value, note = _ended_state(result, space.metric)
     elif trial.status == Trial.ERROR:
-        state, note = "FAIL", f"interrupted: {_error_line(trial)}; retried on resume"
+        state, note = FAILED, f"interrupted: {_error_line(trial)}; retried on resume"
     elif trial.status == Trial.PENDING and not result:
-        state = "WAITING"
+        state = WAITING
     else:
-        state, note = "RUNNING", INTERRUPTED_ROW.format(epochs=epochs or 0)
+        state, note = RUNNING, INTERRUPTED_ROW.format(epochs=epochs or 0)
     return TrialRow(number, state, value, params, int(epochs) if epochs else None,
                     float(seconds) if seconds is not None else None, note)
 
 
 def _ended_state(result: dict[str, Any], metric: str) -> tuple[str, float | None, str]:
     """``(state, value, note)`` of a trial that ended, from its last result."""
-    if result.get(TAG_STATE) == FINISHED:
-        return "COMPLETE", _finite(result.get(metric)), ""
+    if result.get(TAG_STATE) == COMPLETE:
+        return COMPLETE, _finite(result.get(metric)), ""
     if result.get(TAG_STATE) == FAILED:
-        return "FAIL", None, str(result.get(TAG_FAIL_REASON, ""))
+        return FAILED, None, str(result.get(TAG_FAIL_REASON, ""))
     if R_EPOCH not in result:
-        return "FAIL", None, "stopped before its first epoch"
-    return "PRUNED", _finite(result.get(metric)), ""  # stopped by the scheduler after an epoch
+        return FAILED, None, "stopped before its first epoch"
+    return PRUNED, _finite(result.get(metric)), ""  # stopped by the scheduler after an epoch
 
 
 def _error_line(trial: Trial) -> str:
@@ -391,19 +385,6 @@ def _error_line(trial: Trial) -> str:
             break
     named = [line for line in lines if _ERROR_LINE.match(line)]
     return ((named or lines or ["the trial's worker stopped"])[-1])[:200]
-
-
-def count_rows(rows: list[TrialRow]) -> dict[str, int]:
-    return {name: sum(row.state == state for row in rows) for state, name in COUNT_NAMES.items()}
-
-
-def best_of(space: SearchSpace, rows: list[TrialRow]) -> BestTrial | None:
-    complete = [row for row in rows if row.state == "COMPLETE" and row.value is not None]
-    if not complete:
-        return None
-    pick = max if space.direction == "maximize" else min
-    best = pick(complete, key=lambda row: row.value)
-    return BestTrial(best.number, float(best.value), winning_values(space, best.params))
 
 
 def _close_run(run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
@@ -423,8 +404,8 @@ def _close_run(run_id: str | None, state: str, status: str, reason: str | None =
 
 
 class SweepProgress(tune.Callback):
-    """In the driver: one line per ended trial, as the Optuna backend prints, and the MLflow run of
-    a trial Tune stopped (pruned) or lost (error) closed with its state. Tune pickles it with the
+    """In the driver: one line per ended trial (the driver's format), and the MLflow run of a trial
+    Tune stopped (pruned) or lost (error) closed with its state. Tune pickles it with the
     experiment, so it keeps no state of its own."""
 
     def __init__(self, space: SearchSpace, mlflow_on: bool) -> None:
@@ -435,13 +416,13 @@ class SweepProgress(tune.Callback):
         result = trial.last_result or {}
         row = trial_row(self.space, trial)
         row.state, row.value, row.note = _ended_state(result, self.space.metric)
-        if row.state == "PRUNED" and self.mlflow_on:
+        if row.state == PRUNED and self.mlflow_on:
             _close_run(result.get(R_RUN_ID), PRUNED, "KILLED")
         print(trial_line(row, self.space.metric), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         row = trial_row(self.space, trial)
-        row.state, row.value, row.note = "FAIL", None, f"interrupted: {_error_line(trial)}; retried on resume"
+        row.state, row.value, row.note = FAILED, None, f"interrupted: {_error_line(trial)}; retried on resume"
         if self.mlflow_on:
             _close_run((trial.last_result or {}).get(R_RUN_ID), FAILED, "FAILED", row.note)
         print(trial_line(row, self.space.metric), flush=True)
@@ -451,51 +432,7 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def mirror_study(space: SearchSpace, rows: list[TrialRow]) -> optuna.Study:
-    """The ended trials as an in-memory Optuna study, for the Optuna backend's plots."""
-    study = optuna.create_study(direction=space.direction)
-    for row in sorted(rows, key=lambda item: item.number):
-        if row.state not in ("COMPLETE", "PRUNED", "FAIL"):
-            continue
-        fixed = optuna.trial.FixedTrial(encode_point(space, row.params))
-        space.suggest(fixed)
-        state = optuna.trial.TrialState[row.state]
-        value = row.value if state == optuna.trial.TrialState.COMPLETE else None
-        if state == optuna.trial.TrialState.COMPLETE and value is None:
-            state = optuna.trial.TrialState.FAIL
-        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
-                                                  value=value, state=state, user_attrs={"number": row.number}))
-    return study
-
-
-def write_trials_csv(rows: list[TrialRow], out_dir: Path) -> Path | None:
-    if not rows:
-        return None
-    keys: list[str] = []
-    for row in rows:
-        keys += [key for key in row.params if key not in keys]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["number", "state", "value", "epochs", "seconds", *(f"params_{key}" for key in keys), "note"])
-    for row in sorted(rows, key=lambda item: item.number):
-        values = [json.dumps(row.params[key]) if isinstance(row.params.get(key), list) else row.params.get(key, "")
-                  for key in keys]
-        writer.writerow([row.number, row.state, row.value, row.epochs, row.seconds, *values, row.note])
-    path = out_dir / TRIALS_FILE
-    write_text(path, buffer.getvalue())
-    return path
-
-
 # --- the sweep ------------------------------------------------------------------------------------
-
-
-def _parent_params(config: SweepConfig, n_trials: int, grid_points: int | None, folder: Path) -> dict[str, Any]:
-    ray_params = config.base.sweep.ray
-    return {
-        **sweep_params(config, BACKEND, n_trials, grid_points, str(folder)),
-        "sweep.ray.cpus_per_trial": ray_params.cpus_per_trial, "sweep.ray.gpus_per_trial": ray_params.gpus_per_trial,
-        "sweep.ray.max_concurrent_trials": ray_params.max_concurrent_trials,
-    }
 
 
 def _tuner(config: SweepConfig, folder: Path, trainable: Any, points: list[dict[str, Any]] | None,
@@ -518,79 +455,93 @@ def _tuner(config: SweepConfig, folder: Path, trainable: Any, points: list[dict[
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
 
 
-def run_ray_sweep(config: SweepConfig) -> SweepSummary:
-    """Run (or resume) the sweep ``config`` describes on Ray Tune; prints progress, returns the summary."""
-    verbosity = optuna.logging.get_verbosity()
-    searcher_log = logging.getLogger(OptunaSearch.__module__)
-    level = searcher_log.level
-    # A failed trial's NaN score makes Optuna and Tune's searcher warn; the trial's line says it.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    searcher_log.setLevel(logging.ERROR)
-    try:
-        return _run(config)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-        searcher_log.setLevel(level)
+class RayBackend(SweepBackend):
+    """Trials as Ray Tune trials, on a local Ray or a cluster; one driver process runs the study."""
 
+    name = "ray"
 
-def _run(config: SweepConfig) -> SweepSummary:
-    space, ray_params = config.space, config.base.sweep.ray
-    load_manifest(Path(config.base.data.prepared_dir))  # no data: one clear error before Ray starts
-    folder = experiment_dir(config)
-    state = read_state(folder)
-    _check_resumable(state, config, folder)
-    points = space.grid_sample(config.seed) if config.sampler_name == "grid-fraction" else None
-    n_trials = min(config.n_trials or len(points), len(points)) if points else config.n_trials or DEFAULT_N_TRIALS
-    if state.get("n_trials") not in (None, n_trials):
-        print(f"note: study {config.study_name!r} was started with {state['n_trials']} trials; a Ray sweep keeps "
-              "its trial count on resume (pick another --study for more)", flush=True)
-        n_trials = int(state["n_trials"])
-    grid_text = f" ({len(points)} of {len(space.grid())} grid points, seed {config.seed})" if points else ""
-    print(f"sweep {config.study_name!r} over space {space.name!r} ({BACKEND}): sampler {config.sampler_name}"
-          f"{grid_text}, pruner {config.pruner_name}, {n_trials} trials of {space.epochs} epochs, "
-          f"best by {space.metric}; storage {folder}", flush=True)
-    progress = SweepProgress(space, config.base.mlflow.enabled)
-    with sweep_run(config.base.mlflow, state.get("parent_run_id"), f"sweep-{config.study_name}",
-                   _parent_params(config, n_trials, len(points) if points else None, folder),
-                   {TAG_STUDY: config.study_name, TAG_BACKEND: BACKEND}) as parent_id:
+    def __init__(self, config: SweepConfig) -> None:
+        super().__init__(config)
+        self.folder = experiment_dir(config)
+        self.state = read_state(self.folder)
+        self.points: list[dict[str, Any]] | None = None
+        self.n_trials = 0
+        self._rows: list[TrialRow] = []
+
+    def open(self) -> StudyPlan:
+        config, space, ray_params = self.config, self.config.space, self.config.base.sweep.ray
+        _check_resumable(self.state, config, self.folder)
+        self.points = space.grid_sample(config.seed) if config.sampler_name == "grid-fraction" else None
+        points = self.points
+        n_trials = min(config.n_trials or len(points), len(points)) if points else config.n_trials or DEFAULT_N_TRIALS
+        if self.state.get("n_trials") not in (None, n_trials):
+            print(f"note: study {config.study_name!r} was started with {self.state['n_trials']} trials; a Ray sweep "
+                  "keeps its trial count on resume (pick another --study for more)", flush=True)
+            n_trials = int(self.state["n_trials"])
+        self.n_trials = n_trials
+        return StudyPlan(n_trials, str(self.folder), len(points) if points else None,
+                         len(space.grid()) if points else None, config.seed if points else None, params={
+                             "sweep.ray.cpus_per_trial": ray_params.cpus_per_trial,
+                             "sweep.ray.gpus_per_trial": ray_params.gpus_per_trial,
+                             "sweep.ray.max_concurrent_trials": ray_params.max_concurrent_trials})
+
+    def recorded_parent(self) -> str | None:
+        return self.state.get("parent_run_id")
+
+    def record_parent(self, run_id: str) -> None:
+        self.state["parent_run_id"] = run_id  # written with the experiment's state in run()
+
+    def rows(self) -> list[TrialRow]:
+        return sorted(self._rows, key=lambda row: row.number)
+
+    def run(self, parent_id: str | None, report: Any) -> RunOutcome:
+        config, space, ray_params = self.config, self.config.space, self.config.base.sweep.ray
         # Trials of a killed sweep left their runs RUNNING: none runs now, so all are closed.
         close_orphan_children(parent_id, set(), INTERRUPTED)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STATE_FILE, {"space": space.name, "space_sha256": space_digest(space), "n_trials": n_trials,
-                                         "seed": config.seed, "parent_run_id": parent_id})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / STATE_FILE, {"space": space.name, "space_sha256": space.digest(),
+                                              "n_trials": self.n_trials, "seed": config.seed,
+                                              "parent_run_id": parent_id})
         if parent_id is not None:
             register_dataset(config.base)
+        progress = SweepProgress(space, config.base.mlflow.enabled)
         context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id)
-        with ray_session(config) as where:
+        with _quiet_searcher(), ray_session(config) as where:
             trainable = tune.with_resources(tune.with_parameters(crackops_trial, context=context),
                                             {"cpu": ray_params.cpus_per_trial, "gpu": ray_params.gpus_per_trial})
-            tuner, restored = _tuner(config, folder, trainable, points, n_trials, progress)
+            tuner, restored = _tuner(config, self.folder, trainable, self.points, self.n_trials, progress)
             print(f"{'resuming on' if restored else 'running on'} {where}: {ray_params.cpus_per_trial:g} CPU, "
                   f"{ray_params.gpus_per_trial:g} GPU per trial, at most {ray_params.max_concurrent_trials} at once",
                   flush=True)
             tuner.fit()
-            trials = tune.ExperimentAnalysis(str(folder)).trials
-            rows = [trial_row(space, trial) for trial in trials]
+            trials = tune.ExperimentAnalysis(str(self.folder)).trials
+            self._rows = [trial_row(space, trial) for trial in trials]
         if not config.address:
             # A trial Tune stopped (pruned) or killed may not have removed its folder itself.
             for trial in trials:
                 shutil.rmtree(trial_work_dir(trial.trial_id), ignore_errors=True)
         if parent_id is not None:
-            _close_interrupted(trials, rows)
+            _close_interrupted(trials, self._rows)
             close_orphan_children(parent_id, set(), INTERRUPTED)  # trials that died before their first epoch
-        summary = _finish(config, rows, parent_id)
-        print(format_table(summary.rows, space.metric), flush=True)
-        print(format_summary(summary, space.epochs, config.overrides), flush=True)
-        if any(row.state in ("RUNNING", "WAITING") for row in rows):
-            # Tune caught Ctrl-C and saved the experiment: the parent ends KILLED, the CLI exits 130.
-            print("the sweep was interrupted: rerun the same command to resume it", flush=True)
-            raise KeyboardInterrupt
-    errors = [row for row in rows if row.state == "FAIL" and row.note.startswith("interrupted")]
-    if errors:
-        numbers = ", ".join(str(row.number) for row in errors)
-        raise SweepError(f"trial(s) {numbers} errored ({errors[0].note}); fix the cause and rerun the same "
-                         "command: errored trials continue from their last checkpoint")
-    return summary
+        # Tune caught Ctrl-C and saved the experiment: the driver ends the parent KILLED, the CLI exits 130.
+        interrupted = any(row.state in (RUNNING, WAITING) for row in self._rows)
+        errors = [row for row in self._rows if row.state == FAILED and row.note.startswith("interrupted")]
+        return RunOutcome(interrupted, errors)
+
+
+@contextmanager
+def _quiet_searcher() -> Iterator[None]:
+    """A failed trial's NaN score makes Optuna and Tune's searcher warn; the trial's line says it."""
+    verbosity = optuna.logging.get_verbosity()
+    searcher_log = logging.getLogger(OptunaSearch.__module__)
+    level = searcher_log.level
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    searcher_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        searcher_log.setLevel(level)
 
 
 def register_dataset(params: Params) -> None:
@@ -610,16 +561,8 @@ def _close_interrupted(trials: list[Trial], rows: list[TrialRow]) -> None:
     client = mlflow.MlflowClient()
     for trial, row in zip(trials, rows):
         run_id = (trial.last_result or {}).get(R_RUN_ID)
-        if row.state != "RUNNING" or not run_id:
+        if row.state != RUNNING or not run_id:
             continue
         _close_run(run_id, FAILED, "KILLED", INTERRUPTED)
         client.set_tag(run_id, TAG_STATE, FAILED)  # also when the trial's process ended it as pruned
         client.set_tag(run_id, TAG_FAIL_REASON, INTERRUPTED)
-
-
-def _finish(config: SweepConfig, rows: list[TrialRow], parent_id: str | None) -> SweepSummary:
-    """Best files, plots, the trials table and the parent run's summary; returns what to print."""
-    space = config.space
-    rows = sorted(rows, key=lambda row: row.number)
-    return conclude(config, rows, count_rows(rows), best_of(space, rows), parent_id, mirror_study(space, rows),
-                    write_trials_csv(rows, config.out_dir))

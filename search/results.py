@@ -6,6 +6,9 @@ values), so ``dvc exp run`` retrains the winner on the full schedule of ``params
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -19,11 +22,12 @@ from pipeline.params import set_values
 
 BEST_PARAMS_FILE = "best_params.yaml"
 BEST_OVERRIDES_FILE = "best_overrides.txt"
+TRIALS_FILE = "trials.csv"
 
 
 @dataclass
 class TrialRow:
-    """One trial as the sweep reports it (state as the backend names it: COMPLETE, PRUNED, FAIL, ...)."""
+    """One trial as every backend reports it; ``state`` is one of ``search.states.STATES``."""
 
     number: int
     state: str
@@ -43,7 +47,7 @@ class BestTrial:
 
 @dataclass
 class SweepSummary:
-    """A sweep's outcome, as returned by every backend's ``run_*_sweep``."""
+    """A sweep's outcome, whatever the backend (``search.driver.run_sweep``)."""
 
     study: str
     metric: str
@@ -90,6 +94,25 @@ def write_best(out_dir: Path, best: BestTrial, metric: str) -> list[Path]:
     write_text(params_file, header + yaml.safe_dump(set_values({}, best.values), sort_keys=False))
     write_text(overrides_file, "".join(f"-S {item}\n" for item in overrides(best.values)))
     return [params_file, overrides_file]
+
+
+def write_trials_csv(rows: list[TrialRow], out_dir: Path) -> Path | None:
+    """``trials.csv``: a row per trial, a ``params_<key>`` column per parameter (lists as JSON)."""
+    if not rows:
+        return None
+    keys: list[str] = []
+    for row in rows:
+        keys += [key for key in row.params if key not in keys]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "state", "value", "epochs", "seconds", *(f"params_{key}" for key in keys), "note"])
+    for row in sorted(rows, key=lambda item: item.number):
+        values = [json.dumps(row.params[key]) if isinstance(row.params.get(key), list) else row.params.get(key, "")
+                  for key in keys]
+        writer.writerow([row.number, row.state, row.value, row.epochs, row.seconds, *values, row.note])
+    path = out_dir / TRIALS_FILE
+    write_text(path, buffer.getvalue())
+    return path
 
 
 def _params_text(params: dict[str, Any]) -> str:

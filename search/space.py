@@ -31,6 +31,7 @@ A trial's values are the fixed ones, then its preset's, then its other sampled o
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from decimal import Decimal
 from pathlib import Path
@@ -162,8 +163,7 @@ class SearchSpace(BaseModel):
             if not self.active(key, chosen):
                 continue
             if spec.type == "categorical":
-                # Optuna's categorical values must be scalars: lists (LoRA targets) travel as "q,v".
-                encoded = [",".join(map(str, c)) if isinstance(c, list) else c for c in spec.choices]
+                encoded = [_encode(choice) for choice in spec.choices]
                 value = trial.suggest_categorical(key, encoded)
                 chosen[key] = spec.choices[encoded.index(value)]
             elif spec.type == "int":
@@ -173,6 +173,27 @@ class SearchSpace(BaseModel):
             else:
                 chosen[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         return chosen
+
+    def digest(self) -> str:
+        """SHA-256 of the space's definition: a study records it to notice an edited space on resume."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def encode(self, point: dict[str, Any]) -> dict[str, Any]:
+        """A configuration as Optuna stores it (list choices as ``"q,v"``, as :meth:`suggest` suggests them)."""
+        return {key: _encode(value) for key, value in point.items()}
+
+    def decode(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's stored values back to real ones (the inverse of :meth:`encode`)."""
+        decoded = {}
+        for key, value in stored.items():
+            spec = self.parameters.get(key)
+            if spec is not None and spec.type == "categorical":
+                encoded = [_encode(choice) for choice in spec.choices]
+                value = spec.choices[encoded.index(value)] if value in encoded else value
+            elif spec is not None and spec.type == "stepped":
+                value = float(f"{value:.12g}")
+            decoded[key] = value
+        return decoded
 
     def grid(self) -> list[dict[str, Any]]:
         """Every configuration of a finite space, conditional parameters only where active."""
@@ -202,6 +223,11 @@ class SearchSpace(BaseModel):
         """The full, validated params of one trial: base file, fixed values, sampled values, epochs."""
         tree = set_values(base, {**self.resolve(chosen), "train.epochs": self.epochs})
         return validate(tree, f"search space {self.name!r}")
+
+
+def _encode(value: Any) -> Any:
+    # Optuna's categorical values must be scalars: lists (LoRA targets) travel as "q,v".
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def space_path(name_or_path: str) -> Path:

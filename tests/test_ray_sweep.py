@@ -16,9 +16,10 @@ pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
 from pipeline.params import load_params  # noqa: E402
 from search.config import SweepConfig, SweepError  # noqa: E402
 from search.mlflow_sweep import child_runs  # noqa: E402
-from search.objective import FAILED  # noqa: E402
+from search.backends import run_sweep  # noqa: E402
+from search.states import FAILED  # noqa: E402
 from search import ray_backend  # noqa: E402
-from search.ray_backend import STATE_FILE, absolute_uri, run_ray_sweep, trial_base_tree  # noqa: E402
+from search.ray_backend import STATE_FILE, absolute_uri, trial_base_tree  # noqa: E402
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, SweepSummary  # noqa: E402
 from search.space import load_space  # noqa: E402
 
@@ -36,7 +37,7 @@ def _sweep(root: Path, prepared: Path) -> tuple[SweepSummary, str]:
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            summary = run_ray_sweep(config)
+            summary = run_sweep("ray", config)
     except SweepError as error:
         if "cannot start a local Ray" in str(error):
             pytest.skip(f"Ray cannot start here (no /dev/shm, no free ports, ...): {error}")
@@ -63,7 +64,7 @@ def test_two_trials_finish_with_the_optuna_backends_summary(ray_sweep) -> None:
     assert all(row.epochs == 2 and row.value is not None for row in summary.rows)
     assert summary.best is not None and 0.3 <= summary.best.values["loss.lambda"] <= 0.9
     assert "sweep 'two' over space 'two' (ray)" in printed and "running on local Ray with" in printed
-    assert "trial 0 COMPLETE val_f1" in printed and "trial 1 COMPLETE val_f1" in printed
+    assert "trial 0 complete val_f1" in printed and "trial 1 complete val_f1" in printed
     assert f"best params: loss.lambda={summary.best.values['loss.lambda']!r}" in printed
     assert (root / "sweeps/ray/two" / STATE_FILE).is_file()
 
@@ -80,7 +81,7 @@ def test_trials_are_nested_mlflow_runs_with_their_history(ray_sweep) -> None:
     children = child_runs(summary.parent_run_id)
     assert sorted(child.info.run_name for child in children) == ["trial-0", "trial-1"]
     for child in children:
-        assert child.info.status == "FINISHED" and child.data.tags["trial.state"] == "finished"
+        assert child.info.status == "FINISHED" and child.data.tags["trial.state"] == "complete"
         assert child.data.tags["sweep.backend"] == "ray" and child.data.tags["sweep.study"] == "two"
         assert child.info.run_name == f"trial-{child.data.tags['trial.number']}"
         assert "loss.lambda" in child.data.params and child.data.params["train.num_threads"] == "1"
@@ -101,7 +102,7 @@ def test_a_finished_sweep_restores_and_reruns_nothing(ray_sweep, tiny_prepared: 
         patch.chdir(root)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         again, printed = _sweep(root, tiny_prepared)
-    assert "resuming on local Ray" in printed and "trial 0 COMPLETE" not in printed  # no trial ran again
+    assert "resuming on local Ray" in printed and "trial 0 complete" not in printed  # no trial ran again
     assert again.counts == summary.counts and again.parent_run_id == summary.parent_run_id
     assert [(row.number, row.value) for row in again.rows] == [(row.number, row.value) for row in summary.rows]
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")

@@ -20,9 +20,11 @@ from pipeline import cli
 from pipeline.params import Params, apply_overrides, load_params, read_params_file, validate
 from pipeline.training.callbacks import FitResult
 from search import optuna_backend
+from search.backends import run_sweep
 from search.config import SweepConfig
 from search.objective import TrialResult, failure_reason
-from search.optuna_backend import enqueue_grid, make_storage, run_optuna_sweep
+from search.optuna_backend import enqueue_grid, make_storage
+from search.samplers import make_sampler
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, format_value
 from search.space import load_space
 
@@ -41,6 +43,10 @@ parameters:
 
 def _tiny_overrides(prepared: Path, *extra: str) -> list[str]:
     return ["data.img_size=64", f"data.prepared_dir={prepared}", "train.batch_size=4", "eval.n_overlays=0", *extra]
+
+
+def run_optuna_sweep(config: SweepConfig):
+    return run_sweep("optuna", config)
 
 
 def _study(storage: str, name: str) -> optuna.Study:
@@ -70,12 +76,12 @@ def test_grid_fraction_draws_the_stated_share(tmp_path: Path, name: str, drawn: 
     assert enqueue_grid(study, space, seed=0) == drawn
     assert enqueue_grid(study, space, seed=0) == drawn  # a resume does not enqueue twice
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    points = [optuna_backend.decode_params(space, t.system_attrs["fixed_params"]) for t in waiting]
+    points = [space.decode(t.system_attrs["fixed_params"]) for t in waiting]
     assert len(points) == drawn and len({_point(p) for p in points}) == drawn
     assert {_point(p) for p in points} == {_point(p) for p in space.grid_sample(0)}
     # Each queued point is suggested as is (in range of its distribution, not resampled).
     study.optimize(lambda trial: float(len(space.suggest(trial))), n_trials=drawn)
-    assert {_point(optuna_backend.decode_params(space, t.params)) for t in study.trials} == {_point(p) for p in points}
+    assert {_point(space.decode(t.params)) for t in study.trials} == {_point(p) for p in points}
 
 
 def _stub_run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
@@ -144,9 +150,9 @@ def test_mlflow_parent_run_with_nested_trial_runs(real_sweep) -> None:
         tags = child.data.tags
         assert tags["sweep.study"] == "failing" and tags["trial.number"].isdigit()
         by_state.setdefault(tags["trial.state"], []).append(child)
-    assert {state: len(runs) for state, runs in by_state.items()} == {"finished": 1, "failed": 3}
+    assert {state: len(runs) for state, runs in by_state.items()} == {"complete": 1, "failed": 3}
     assert all(run.info.status == "FAILED" and run.data.tags["trial.fail_reason"] for run in by_state["failed"])
-    finished = by_state["finished"][0]
+    finished = by_state["complete"][0]
     assert finished.data.params["train.lr"] == "0.0005" and finished.data.params["loss.lambda"] == "0.4"
     assert "val_f1" in finished.data.metrics
     assert parent.info.status == "FINISHED"
@@ -223,8 +229,8 @@ def test_pruners_see_the_pruning_metric_and_trials_are_scored_by_the_metric(in_t
 def test_tpe_start_up_trials_come_from_the_space() -> None:
     space = load_space("sac-config3")
     assert space.pruning_metric == "val_pixel_ap" and space.tpe_startup_trials == 4
-    assert optuna_backend.make_sampler("tpe", 0, space)._n_startup_trials == 4
-    assert optuna_backend.make_sampler("tpe", 0, load_space("default"))._n_startup_trials == 10  # Optuna's
+    assert make_sampler("tpe", 0, space)._n_startup_trials == 4
+    assert make_sampler("tpe", 0, load_space("default"))._n_startup_trials == 10  # Optuna's
     plain = space.model_copy(update={"prune_metric": None})
     assert plain.pruning_metric == plain.metric == "val_f1"
 
@@ -246,7 +252,9 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
     db = tmp_path / "sweeps.db"
     command = [sys.executable, "-m", "pipeline.cli", "sweep", "resume.yaml", "--params", "missing.yaml",
                "--storage", f"sqlite:///{db}", *(arg for item in _tiny_overrides(
-                   tiny_prepared, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db") for arg in ("-S", item))]
+                   tiny_prepared, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                   # The killed trial's beat goes stale 2 s after the kill; the restart takes longer.
+                   "sweep.optuna.heartbeat_interval=1", "sweep.optuna.grace_period=2") for arg in ("-S", item))]
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
@@ -283,34 +291,43 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
     states = {int(run.data.tags["trial.number"]): (run.info.status, run.data.tags["trial.state"]) for run in children}
     if killed[0] in states:  # no run yet when it was killed before training started
         assert states[killed[0]] == ("FAILED", "failed")
-    assert sum(state == ("FINISHED", "finished") for state in states.values()) == 3
+    assert sum(state == ("FINISHED", "complete") for state in states.values()) == 3
     assert all(status != "RUNNING" for status, _ in states.values())
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_start_up_requeues_dead_and_unclaimed_trials_only(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(optuna_backend, "CLAIM_WAIT", 0.0)
+def test_only_trials_without_a_recent_heartbeat_are_requeued(tmp_path: Path) -> None:
+    """Liveness is the heartbeat alone: a trial is dead when its beat is older than the grace period,
+    or when it never beat and started longer ago than that; host names and PIDs play no part."""
+    import datetime
+
+    import sqlalchemy
+
     retry = optuna_backend.RetryStaleTrial()
-    storage = make_storage(f"sqlite:///{tmp_path}/s.db", retry)
+    storage = make_storage(f"sqlite:///{tmp_path}/s.db", retry, heartbeat_interval=1, grace_period=30)
     study = optuna.create_study(storage=storage, study_name="s")
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    owners = {"dead": finished.pid, "alive": os.getppid(), "unclaimed": None}
-    numbers = {}
-    for name, pid in owners.items():
+    numbers, ids = {}, {}
+    for name in ("stale", "silent", "alive", "just_taken"):
         trial = study.ask()
         trial.suggest_float("x", 0.0, 1.0)
-        if pid is not None:
-            trial.set_user_attr("worker.host", optuna_backend.socket.gethostname())
-            trial.set_user_attr("worker.pid", pid)
-        numbers[name] = trial.number
-    assert optuna_backend.recover_trials(study, storage, retry) == sorted([numbers["dead"], numbers["unclaimed"]])
+        numbers[name], ids[name] = trial.number, trial._trial_id
+    storage.record_heartbeat(ids["stale"])
+    storage.record_heartbeat(ids["alive"])
+    an_hour_ago = datetime.datetime.now() - datetime.timedelta(hours=1)
+    with storage.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("update trial_heartbeats set heartbeat = :t where trial_id = :id"),
+                           {"t": an_hour_ago, "id": ids["stale"]})
+        connection.execute(sqlalchemy.text("update trials set datetime_start = :t where trial_id = :id"),
+                           {"t": an_hour_ago, "id": ids["silent"]})
+    assert optuna_backend.recover_trials(study, storage, retry, grace_period=30) == sorted(
+        [numbers["stale"], numbers["silent"]])
     trials = study.trials
     assert trials[numbers["alive"]].state == TrialState.RUNNING
+    assert trials[numbers["just_taken"]].state == TrialState.RUNNING  # no beat yet, but taken just now
     retries = {t.system_attrs["failed_trial"]: t for t in trials if t.state == TrialState.WAITING}
-    assert set(retries) == {numbers["dead"], numbers["unclaimed"]}
+    assert set(retries) == {numbers["stale"], numbers["silent"]}
     assert all(retries[n].params == trials[n].params and not retries[n].user_attrs for n in retries)
-    assert optuna_backend.recover_trials(study, storage, retry) == []  # nothing twice
+    assert optuna_backend.recover_trials(study, storage, retry, grace_period=30) == []  # nothing twice
 
 
 # --- command line and small pieces -----------------------------------------------------------------
@@ -324,12 +341,6 @@ def test_invalid_space_file_names_the_key(in_tmp: Path, tiny_prepared: Path, cap
     (in_tmp / "bad2.yaml").write_text("epochs: 1\nparameters:\n  train.lr: {type: float, low: 1.0e-3}\n")
     assert cli.main(["sweep", "bad2.yaml", "--params", "missing.yaml"]) == 2
     assert "parameters.train.lr" in capsys.readouterr().err
-
-
-@pytest.mark.skipif((Path(__file__).parents[1] / "search/ray_backend.py").exists(), reason="Ray backend exists")
-def test_ray_backend_is_a_clear_error_until_it_exists(in_tmp: Path, capsys) -> None:
-    assert cli.main(["sweep", "sac-config3", "--backend", "ray", "--params", "missing.yaml"]) == 2
-    assert "Ray backend not available yet" in capsys.readouterr().err
 
 
 def test_override_values_round_trip() -> None:

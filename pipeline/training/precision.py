@@ -6,9 +6,25 @@ from typing import ContextManager
 
 import torch
 
+from pipeline.errors import CrackopsError
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+class DeviceError(CrackopsError):
+    """``train.device`` names a device this process cannot see."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``train.device``: ``auto`` is the first visible GPU, else the CPU; ``cuda:1`` the second GPU
+    (a worker given one GPU by ``CUDA_VISIBLE_DEVICES`` sees it as ``cuda``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if device.index is not None and device.index >= visible or not visible:
+            raise DeviceError(f"train.device is {name} but this process sees {visible} CUDA device(s); "
+                              "check CUDA_VISIBLE_DEVICES or set train.device: auto")
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -142,7 +142,7 @@ def train_from_params(
         torch.set_num_threads(params.train.num_threads)
     enable_tf32()
     seed_everything(params.train.seed)
-    device = pick_device()
+    device = pick_device(params.train.device)
     train_loader, val_loader = build_loaders(params)
     model = build_model(params).to(device)
     parameters = count_parameters(model)
