@@ -129,8 +129,9 @@ def announce(config: SweepConfig, backend: str, plan: StudyPlan) -> None:
                                                 if plan.recovered else ""), flush=True)
 
 
-def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None) -> SweepSummary:
-    """From the rows alone: counts, best trial, ``trials.csv``, best-params files, plots, the parent's summary."""
+def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None, plots: bool = True) -> SweepSummary:
+    """From the rows alone: counts, best trial, ``trials.csv``, best-params files, plots (when
+    ``plots``: the study is over), the parent's summary."""
     space = config.space
     rows = sorted(rows, key=lambda row: row.number)
     counts = count_states([row.state for row in rows])
@@ -140,10 +141,12 @@ def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None) -
         summary.files = write_best(config.out_dir, best, space.metric)
         summary.command = retrain_command(best.values)
     trials_csv = write_trials_csv(rows, config.out_dir)
-    plots, skipped = save_plots(space, rows, config.out_dir)
-    for name, why in skipped.items():
-        print(f"plot {name} skipped: {why}", flush=True)
-    log_summary(parent_id, space.metric, best, counts, summary.files + ([trials_csv] if trials_csv else []), plots)
+    drawn: list[Path] = []
+    if plots:
+        drawn, skipped = save_plots(space, rows, config.out_dir)
+        for name, why in skipped.items():
+            print(f"plot {name} skipped: {why}", flush=True)
+    log_summary(parent_id, space.metric, best, counts, summary.files + ([trials_csv] if trials_csv else []), drawn)
     return summary
 
 
@@ -159,25 +162,30 @@ def run_sweep(backend: SweepBackend) -> SweepSummary:
                                 params, {TAG_STUDY: config.study_name, TAG_BACKEND: backend.name})
         if parent_id is not None:
             backend.record_parent(parent_id)
+    holding = parent_id  # this process's hold on the parent run, until it hands it on
     try:
         outcome = backend.run(parent_id, lambda row: print(trial_line(row, config.space.metric), flush=True))
-        summary = conclude(config, backend.rows(), parent_id)
+        with backend.coordination():
+            rows = backend.rows()
+            over = study_over(rows, plan.n_trials) and not outcome.interrupted
+            if not over:
+                # Trials still run elsewhere: their worker, the last to finish, ends the run for all.
+                close_parent(parent_id, "KILLED" if outcome.interrupted else "RUNNING")
+                holding = None
+        summary = conclude(config, rows, parent_id, plots=over)
     except BaseException as error:
-        close_parent(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        close_parent(holding, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
+    if over:
+        close_parent(parent_id, "FINISHED")
     print(format_table(summary.rows, config.space.metric), flush=True)
     print(format_summary(summary, config.space.epochs, config.overrides), flush=True)
     if outcome.interrupted:
-        close_parent(parent_id, "KILLED")
         print("the sweep was interrupted: rerun the same command to resume it", flush=True)
         raise KeyboardInterrupt
-    with backend.coordination():
-        over = study_over(backend.rows(), plan.n_trials)
-        # The last worker to get here sees every trial ended and closes the run for all of them.
-        close_parent(parent_id, "FINISHED" if over else "RUNNING")
     if not over:
-        print("other workers are still running trials of this study: the last one to finish ends the sweep run",
-              flush=True)
+        print("other workers are still running trials of this study: the last one to finish draws the plots "
+              "and ends the sweep run", flush=True)
     if outcome.errors:
         numbers = ", ".join(str(row.number) for row in outcome.errors)
         raise SweepError(f"trial(s) {numbers} errored ({outcome.errors[0].note}); fix the cause and rerun the same "

@@ -29,7 +29,12 @@ def _plotters() -> dict[str, Callable]:
 
 def rows_as_study(space: SearchSpace, rows: list[TrialRow]) -> optuna.Study:
     """The ended trials as an in-memory Optuna study (the visualisation's input)."""
-    study = optuna.create_study(direction=space.direction)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    try:
+        study = optuna.create_study(direction=space.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for row in sorted(rows, key=lambda item: item.number):
         if row.state not in _OPTUNA_STATES:
             continue

@@ -1,0 +1,111 @@
+"""A `crackops sweep` worker for the multi-worker tests and the coordination benchmark.
+
+The real sweep code (``pipeline.cli.main``) with one substitution: a trial does not train, it
+sleeps ``--trial-seconds`` and scores its params, inside a real MLflow run nested under the sweep's
+parent (so MLflow's stores see the same traffic as real trials). Everything is imported before the
+start gate, so workers released together really start their sweeps at the same instant.
+
+    python tests/sweep_worker.py --jobs DIR --worker NAME [--trial-seconds S]
+
+runs job after job: for job ``i`` it waits for ``DIR/i.json`` (``{"cwd": ..., "argv": [...]}``),
+says ``DIR/i.NAME.ready``, waits for ``DIR/i.go``, runs the sweep in ``cwd`` and writes its exit
+code to ``DIR/i.NAME.rc``; ``DIR/stop`` ends it. With ``--once -- ARGV`` it runs one sweep now.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pipeline import cli
+from pipeline.training.callbacks import FitResult
+from search import optuna_backend
+from search.objective import TAG_STATE, TrialResult
+from search.states import COMPLETE
+
+
+def stub_score(chosen: dict[str, Any]) -> float:
+    """A deterministic score of the params, so the best trial is known."""
+    return float(sum(hash(str(value)) % 997 for value in chosen.values()) / 997.0)
+
+
+def stub_run_trial(seconds: float):
+    def run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+        params = space.trial_params(base_tree, chosen)
+        run_id = None
+        if params.mlflow.enabled:
+            with mlflow.start_run(run_name=run_name, nested=True, tags={**(tags or {}), TAG_STATE: COMPLETE}) as run:
+                mlflow.log_params({key: str(value) for key, value in chosen.items()})
+                for callback in callbacks:  # the trial's run id into the study, as real trials record it
+                    callback.on_train_start(space.epochs)
+                time.sleep(seconds)
+                mlflow.log_metric(space.metric, stub_score(chosen), step=1)
+                run_id = run.info.run_id
+        else:
+            time.sleep(seconds)
+        return TrialResult(stub_score(chosen), FitResult(), params, run_id)
+
+    return run_trial
+
+
+def _forget_mlflow_stores() -> None:
+    """MLflow caches a store per URI string: a job in another folder must not reuse the last job's
+    ``sqlite:///mlflow.db`` (a fresh worker process would not have it)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    for engine in SqlAlchemyStore._engine_map.values():
+        engine.dispose()
+    SqlAlchemyStore._engine_map.clear()
+
+
+def _wait_for(path: Path, stop: Path) -> bool:
+    while not path.exists():
+        if stop.exists():
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=Path)
+    parser.add_argument("--worker", default=str(os.getpid()))
+    parser.add_argument("--trial-seconds", type=float, default=0.2)
+    parser.add_argument("--once", action="store_true", help="run the sweep ARGV now and exit with its code")
+    parser.add_argument("argv", nargs="*")
+    args = parser.parse_args()
+    optuna_backend.run_trial = stub_run_trial(args.trial_seconds)
+    if args.once:
+        return cli.main(args.argv)
+    stop = args.jobs / "stop"
+    job = 0
+    while _wait_for(args.jobs / f"{job}.json", stop):
+        spec = json.loads((args.jobs / f"{job}.json").read_text())
+        (args.jobs / f"{job}.{args.worker}.ready").touch()
+        if not _wait_for(args.jobs / f"{job}.go", stop):
+            break
+        os.chdir(spec["cwd"])
+        _forget_mlflow_stores()
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            code = cli.main(spec["argv"])
+        (Path(spec["cwd"]) / f"worker-{args.worker}.log").write_text(output.getvalue())
+        written = args.jobs / f".{job}.{args.worker}.rc"
+        written.write_text(str(code))
+        written.rename(args.jobs / f"{job}.{args.worker}.rc")  # whole, or not there
+        job += 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
