@@ -26,8 +26,10 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import CrackopsError
 
@@ -37,6 +39,21 @@ MARKER = "input.json"
 CACHE_ENV = "CRACKOPS_CACHE_DIR"
 _DIR_HEADER = b"crackops-folder-v1\n"
 _CHUNK = 1 << 20
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No MLflow progress bar per input: a trial's log would show one line per file."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 class InputStoreError(CrackopsError):
@@ -110,7 +127,10 @@ class InputStore:
 
         Returns the stored input and whether it was uploaded now.
         """
-        path = Path(path)
+        with _quiet():
+            return self._publish(Path(path))
+
+    def _publish(self, path: Path) -> tuple[StoredInput, bool]:
         sha256 = content_sha256(path)
         stored = StoredInput(sha256, "file" if path.is_file() else "dir", path.name)
         if self.exists(sha256):
@@ -164,7 +184,8 @@ class InputStore:
 
     def _download(self, sha256: str, destination: Path) -> None:
         try:
-            self._repo(sha256).download_artifacts(CONTENT, str(destination))
+            with _quiet():
+                self._repo(sha256).download_artifacts(CONTENT, str(destination))
         except Exception as error:  # noqa: BLE001 - say which input and where
             raise InputStoreError(f"cannot download input {sha256} from {self.root} (tracking "
                                   f"{self.tracking_uri}): {type(error).__name__}: {error}") from None
