@@ -115,11 +115,20 @@ def test_tune_restores_an_experiment_under_a_uri(tmp_path: Path) -> None:
     assert tune.Tuner.can_restore(str(folder))
 
 
-def test_a_lost_node_retries_its_trial(tmp_path: Path, tiny_params) -> None:
+def test_a_lost_node_retries_its_trial(tmp_path: Path, tiny_params, monkeypatch) -> None:
+    made: list[Any] = []
+    # A real Tuner would start a local Ray in this process; the run config is what matters.
+    class Tuner:
+        can_restore = staticmethod(lambda path: False)
+
+        def __new__(cls, trainable, **kwargs):
+            made.append(kwargs)
+            return "tuner"
+
+    monkeypatch.setattr(ray_backend.tune, "Tuner", Tuner)
     config = SweepConfig(load_space(str(_write(tmp_path / "one.yaml", ONE_EPOCH))), tiny_params())
-    tuner, restored = ray_backend._tuner(config, tmp_path / "ray/one", lambda c: None, None, 2, None)
-    assert not restored
-    failure = tuner._local_tuner.get_run_config().failure_config
+    assert ray_backend._tuner(config, tmp_path / "ray/one", None, None, 2, None) == ("tuner", False)
+    failure = made[0]["run_config"].failure_config
     assert failure.max_failures == config.base.sweep.ray.max_failures >= 1 and not failure.fail_fast
 
 
@@ -453,6 +462,10 @@ def _cluster_sweep(cluster: Cluster, tracking: str, folder: Path, prepared: Path
     ])
     config = SweepConfig(load_space(str(folder / "one.yaml")), base, n_trials=2, pruner="none", study=study,
                          address=cluster.address, out_root=folder / "sweeps")
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # this process's own connection (left by another test): the sweep must connect to --address
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # the driver's folder, hidden from the second node
@@ -484,6 +497,7 @@ def test_a_cluster_sweep_runs_trials_on_both_nodes(cluster: Cluster, tracking: s
     summary, printed = _cluster_sweep(cluster, tracking, tmp_path, tiny_prepared, f"cluster-{family}", *overrides)
     assert summary.counts["complete"] == 2 and sum(summary.counts.values()) == 2, printed
     assert f"running on Ray cluster at {cluster.address}" in printed
+    assert "input data.prepared_dir: " in printed
     runs = _trial_runs(tracking, summary.parent_run_id)
     assert sorted(run.info.run_name for run in runs) == ["trial-0", "trial-1"]
     for run in runs:
@@ -497,3 +511,20 @@ def test_a_cluster_sweep_runs_trials_on_both_nodes(cluster: Cluster, tracking: s
         assert (cluster.root / cache / "inputs" / data_key / "manifest.json").is_file()
         if family == "sam_lite":
             assert (cluster.root / cache / "inputs" / content_sha256(student) / student.name).is_file()
+
+    if family == "sam":
+        # Rerun: Tune restores the finished experiment from the file:// storage URI, runs nothing again,
+        # and the driver finds its inputs on the server already.
+        again, printed = _cluster_sweep(cluster, tracking, tmp_path, tiny_prepared, "cluster-sam", *overrides)
+        assert f"resuming on Ray cluster at {cluster.address}" in printed and "trial 0 COMPLETE" not in printed
+        assert "input data.prepared_dir: already on the server" in printed
+        assert again.parent_run_id == summary.parent_run_id and again.counts == summary.counts
+        assert len(_trial_runs(tracking, summary.parent_run_id)) == 2
+
+
+def test_trials_get_an_absolute_student_checkpoint(tmp_path: Path, monkeypatch, tiny_params) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = SweepConfig(load_space(str(_write(tmp_path / "one.yaml", ONE_EPOCH))),
+                         tiny_params("model.family=sam_lite", "model.student_checkpoint=outputs/distill/s.safetensors"))
+    tree = ray_backend.trial_base_tree(config)
+    assert tree["model"]["student_checkpoint"] == str(tmp_path / "outputs/distill/s.safetensors")
