@@ -61,6 +61,7 @@ from search.ray_cluster import (
     TAG_NODE, Shipment, StorageURI, check_cluster_tracking, localize, node_id, probe_address, runtime_env,
     storage_folder, verify_node,
 )
+from search.ray_cluster import prepare_shipment, write_json_to  # called in _run
 from search.results import (
     BestTrial, SweepSummary, TrialRow, format_summary, format_table, trial_line,
 )
@@ -564,6 +565,7 @@ def run_ray_sweep(config: SweepConfig) -> SweepSummary:
 def _run(config: SweepConfig) -> SweepSummary:
     space, ray_params = config.space, config.base.sweep.ray
     load_manifest(Path(config.base.data.prepared_dir))  # no data: one clear error before Ray starts
+    check_cluster_tracking(config)  # --address needs an MLflow server: refused before any run exists
     folder = experiment_dir(config)
     state = read_state(folder)
     _check_resumable(state, config, folder)
@@ -584,11 +586,11 @@ def _run(config: SweepConfig) -> SweepSummary:
         # Trials of a killed sweep left their runs RUNNING: none runs now, so all are closed.
         close_orphan_children(parent_id, set(), INTERRUPTED)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STATE_FILE, {"space": space.name, "space_sha256": space_digest(space), "n_trials": n_trials,
-                                         "seed": config.seed, "parent_run_id": parent_id})
+        write_json_to(folder / STATE_FILE, {"space": space.name, "space_sha256": space_digest(space),
+                                            "n_trials": n_trials, "seed": config.seed, "parent_run_id": parent_id})
         if parent_id is not None:
             register_dataset(config.base)
-        context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id)
+        context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id, prepare_shipment(config))
         with ray_session(config) as where:
             trainable = tune.with_resources(tune.with_parameters(crackops_trial, context=context),
                                             {"cpu": ray_params.cpus_per_trial, "gpu": ray_params.gpus_per_trial})
