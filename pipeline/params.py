@@ -220,7 +220,8 @@ class RayParams(_Section):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
     max_concurrent_trials: int = Field(2, ge=1)
-    storage_path: str = "sweeps/ray"
+    storage_path: str = "sweeps/ray"  # a folder (on a cluster: one every node mounts) or s3://, gs://, ... URI
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker or node died, from its last checkpoint
 
 
 class OptunaWorkerParams(_Section):

@@ -42,7 +42,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from pipeline.atomic import write_json
 from pipeline.params import Params
 from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
@@ -53,6 +52,10 @@ from search.mlflow_sweep import close_orphan_children
 from search.objective import (
     MAX_REASON, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
     ReportingCallback, TrialFailure, metric_value, run_trial,
+)
+from search.ray_cluster import (
+    TAG_NODE, Shipment, StorageURI, check_cluster_tracking, localize, node_id, prepare_shipment, probe_address,
+    runtime_env, storage_folder, verify_node, write_json_to,
 )
 from search.results import TrialRow, trial_line
 from search.samplers import make_sampler
@@ -80,6 +83,9 @@ class TrialContext:
     space: SearchSpace
     study: str
     parent_run_id: str | None
+    # Inputs by content hash, the code's digest, versions and lineage (search.ray_cluster); None:
+    # trials use base_tree's paths as they are and skip the node checks.
+    shipment: Shipment | None = None
 
 
 # --- search and scheduling ---------------------------------------------------------------------
@@ -220,10 +226,15 @@ def _restore(work: Path) -> list[dict[str, float]]:
 def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune's trainable: one trial through :func:`run_trial`, resumable from its Tune checkpoint."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise here
-    space = context.space
+    space, shipment = context.space, context.shipment
+    if shipment is not None:
+        verify_node(shipment)  # other code or versions on this node: an error naming both
     number = int(config[TAG_NUMBER])
     chosen = {key: value for key, value in config.items() if key in space.parameters}
-    tags = {TAG_NUMBER: str(number), TAG_STUDY: context.study, TAG_BACKEND: BACKEND}
+    # The driver's lineage: this node's working directory is not the project.
+    lineage = shipment.lineage if shipment is not None else {}
+    tags = {**lineage, TAG_NUMBER: str(number), TAG_STUDY: context.study, TAG_BACKEND: BACKEND,
+            TAG_NODE: node_id()}
     if context.parent_run_id:
         # The parent run is active in the driver, not here: nest by the tag MLflow itself uses.
         tags["mlflow.parentRunId"] = context.parent_run_id
@@ -231,11 +242,13 @@ def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
     shutil.rmtree(work, ignore_errors=True)  # a previous attempt's state: the checkpoint is what counts
     work.mkdir(parents=True)
     try:
+        # Shipped inputs: this node's cached copies (downloaded once per node and version).
+        base_tree = localize(context.base_tree, shipment) if shipment is not None else context.base_tree
         reporter = TuneTrialReporter(work, space.epochs, _restore(work))
-        with resume_dir(work):
+        with resume_dir(work), _working_dir(work if shipment is not None else None):
             try:
                 callbacks = [reporter, ReportingCallback(reporter, space.pruning_metric)]
-                result = run_trial(context.base_tree, space, chosen, callbacks, run_name=f"trial-{number}",
+                result = run_trial(base_tree, space, chosen, callbacks, run_name=f"trial-{number}",
                                    tags=tags, pruned_errors=(SystemExit,))
             except TrialFailure as failure:
                 # The trial's own failure ends it, not the sweep; Tune sees a finished trial with no score.
@@ -244,6 +257,20 @@ def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
         reporter.final(space, COMPLETE, result.run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _working_dir(folder: Path | None) -> Iterator[None]:
+    """Run inside ``folder`` (the trial's scratch folder), back where it was afterwards."""
+    if folder is None:
+        yield
+        return
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # --- paths, Ray and the experiment folder ---------------------------------------------------------
@@ -267,17 +294,17 @@ def trial_base_tree(config: SweepConfig) -> dict[str, Any]:
     tree["data"]["prepared_dir"] = str(Path(params.data.prepared_dir).resolve())
     if params.model.checkpoint:
         tree["model"]["checkpoint"] = str(Path(params.model.checkpoint).resolve())
+    if params.model.student_checkpoint:
+        tree["model"]["student_checkpoint"] = str(Path(params.model.student_checkpoint).resolve())
     tree["mlflow"]["tracking_uri"] = absolute_uri(resolve_tracking_uri(params.mlflow))
     tree["train"]["num_threads"] = max(1, round(params.sweep.ray.cpus_per_trial))
     return tree
 
 
-def experiment_dir(config: SweepConfig) -> Path:
-    storage = config.base.sweep.ray.storage_path
-    if "://" in storage:
-        raise SweepError(f"sweep.ray.storage_path must be a folder (on a cluster, one every node mounts), "
-                         f"got {storage!r}")
-    return Path(storage).resolve() / config.study_name
+def experiment_dir(config: SweepConfig) -> Path | StorageURI:
+    """Tune's experiment folder: under a folder (on a cluster, one every node mounts) or a URI
+    pyarrow opens (``s3://``, ``gs://``, ``file://``, ...); see :class:`search.ray_cluster.StorageURI`."""
+    return storage_folder(config.base.sweep.ray.storage_path, config.study_name)
 
 
 def local_cpus(config: SweepConfig) -> int:
@@ -293,15 +320,15 @@ def local_cpus(config: SweepConfig) -> int:
 @contextmanager
 def ray_session(config: SweepConfig) -> Iterator[str]:
     """Connect to ``--address`` or start a local Ray (shut down at the end); yields a description."""
-    # Trials stay in the driver's folder where it exists (relative lineage files such as dvc.lock
-    # resolve as in the Optuna backend); everything they must find is absolute anyway.
-    runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
+    # The project's code travels to every worker (py_modules), so no node needs the driver's folder.
     common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
-                              "runtime_env": runtime_env}
+                              "runtime_env": runtime_env()}
     if ray.is_initialized():
         yield "an already running Ray"
         return
     if config.address:
+        check_cluster_tracking(config)  # also checked before the sweep's parent run; cheap
+        probe_address(config.address)  # ray.init retries an unreachable address for minutes
         try:
             ray.init(address=config.address, **common)
         except ConnectionError as error:
@@ -447,10 +474,11 @@ def _tuner(config: SweepConfig, folder: Path, trainable: Any, points: list[dict[
     run_config = tune.RunConfig(
         name=config.study_name, storage_path=str(folder.parent), verbose=0, callbacks=[progress],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        # An error that is not the trial's own (a bug, a lost node) errors that trial only: Tune's
-        # fail_fast would end the others as finished, and nothing could resume them. The sweep
-        # exits with an error at the end; rerunning it retries errored trials from their checkpoint.
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        # An error that is not the trial's own (a lost node, a killed worker) restarts that trial
+        # from its last checkpoint, up to sweep.ray.max_failures times; then it errors that trial
+        # only (fail_fast would end the others as finished, and nothing could resume them). The
+        # sweep exits with an error at the end; rerunning it retries errored trials.
+        failure_config=tune.FailureConfig(max_failures=ray_params.max_failures, fail_fast=False),
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
 
@@ -470,6 +498,7 @@ class RayBackend(SweepBackend):
 
     def open(self) -> StudyPlan:
         config, space, ray_params = self.config, self.config.space, self.config.base.sweep.ray
+        check_cluster_tracking(config)  # --address needs an MLflow server: refused before any run exists
         _check_resumable(self.state, config, self.folder)
         self.points = space.grid_sample(config.seed) if config.sampler_name == "grid-fraction" else None
         points = self.points
@@ -499,13 +528,14 @@ class RayBackend(SweepBackend):
         # Trials of a killed sweep left their runs RUNNING: none runs now, so all are closed.
         close_orphan_children(parent_id, set(), INTERRUPTED)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / STATE_FILE, {"space": space.name, "space_sha256": space.digest(),
-                                              "n_trials": self.n_trials, "seed": config.seed,
-                                              "parent_run_id": parent_id})
+        write_json_to(self.folder / STATE_FILE, {"space": space.name, "space_sha256": space.digest(),
+                                                 "n_trials": self.n_trials, "seed": config.seed,
+                                                 "parent_run_id": parent_id})
         if parent_id is not None:
             register_dataset(config.base)
         progress = SweepProgress(space, config.base.mlflow.enabled)
-        context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id)
+        context = TrialContext(trial_base_tree(config), space, config.study_name, parent_id,
+                               prepare_shipment(config))
         with _quiet_searcher(), ray_session(config) as where:
             trainable = tune.with_resources(tune.with_parameters(crackops_trial, context=context),
                                             {"cpu": ray_params.cpus_per_trial, "gpu": ray_params.gpus_per_trial})
