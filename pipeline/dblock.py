@@ -13,10 +13,11 @@ run, taking the next trial. :func:`database_lock` serialises such steps where th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipeline.errors import CrackopsError
 
@@ -78,25 +79,41 @@ def database_lock(url: str, name: str) -> Iterator[None]:
         yield
         return
     import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
+    mysql = url.startswith("mysql")
     try:
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
-        connection = engine.connect()
+        connection = _engine(url).connect()
     except Exception as error:  # noqa: BLE001 - bad URL, missing driver, server down: one line
         raise DatabaseLockError(f"cannot reach database {masked_url(url)}: {type(error).__name__}: "
                                 f"{_first_line(error)}") from None
     try:
-        if url.startswith("mysql"):
+        if mysql:
             connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name[:64]})
         else:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(name)})
         connection.commit()
         yield
     finally:
-        # Closing the session releases a session-level lock even where the unlock call fails.
-        connection.close()
-        engine.dispose()
+        try:
+            if mysql:
+                connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": name[:64]})
+            else:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(name)})
+            connection.commit()
+            connection.close()  # back to the pool, unlocked
+        except Exception:  # noqa: BLE001 - a broken connection: dropping it ends the session and its lock
+            connection.invalidate()
+            connection.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _engine(url: str) -> Any:
+    """One small pool of lock connections per database and process: connecting to a server that
+    checks passwords costs more than the lock itself, and a sweep takes a lock before every trial."""
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True,
+                                    connect_args=connect_args(url))
 
 
 def _first_line(error: BaseException) -> str:

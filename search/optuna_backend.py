@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import gc
 import hashlib
 import os
 import socket
@@ -54,7 +53,7 @@ from search.objective import (
 from search.results import TrialRow
 from search.samplers import make_sampler
 from search.space import SearchSpace
-from search.states import COMPLETE, FAILED, PRUNED, RUNNING, WAITING, count_states
+from search.states import COMPLETE, FAILED, PRUNED, RUNNING, STATES, WAITING
 
 MAX_RETRY = 2  # a trial that keeps killing its worker (e.g. the kernel's OOM killer) is dropped
 STATE_NAMES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
@@ -327,7 +326,6 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         study.tell(trial, state=TrialState.FAIL)
         raise
     study.tell(trial, value if state is None else None, state=state)
-    gc.collect()  # a trial's model must not stay in memory beside the next one's
     return study._storage.get_trial(trial._trial_id)
 
 
@@ -363,7 +361,23 @@ def all_rows(study: optuna.Study, space: SearchSpace) -> list[TrialRow]:
 
 
 def study_counts(study: optuna.Study) -> dict[str, int]:
-    return count_states([STATE_NAMES[trial.state] for trial in study.get_trials(deepcopy=False)])
+    """Trials by state, counted in the database (one query, however many trials the study has)."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    query = (sqlalchemy.select(table.c.state, sqlalchemy.func.count()).where(table.c.study_id == study._study_id)
+             .group_by(table.c.state))
+    counts = dict.fromkeys(STATES, 0)
+    with _rdb(study).engine.connect() as connection:
+        for state, n in connection.execute(query):  # the enum, or its name where the driver gives text
+            counts[STATE_NAMES[TrialState[getattr(state, "name", state)]]] = n
+    return counts
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
+    storage = study._storage
+    return getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
 
 
 @contextmanager
@@ -446,13 +460,16 @@ class OptunaBackend(SweepBackend):
             self.retry.on_retry = close_runs  # trials found dead later
         objective, failures, waiting = _Objective(self.config), 0, False
         # A worker waiting for others' trials looks again each second (a cheap query): it takes a
-        # dead trial's retry, or leaves, within about a second.
-        poll = 1.0
+        # dead trial's retry, or leaves, within about a second. Dead trials are looked for once a
+        # heartbeat interval: a trial is only found dead after grace_period anyway.
+        poll, recovered_at = 1.0, time.monotonic()
         try:
             with quiet_optuna():
                 while True:
                     with self.coordination():
-                        recover_trials(study, storage, self.retry, self.settings.grace_period)
+                        if time.monotonic() - recovered_at >= self.settings.heartbeat_interval:
+                            recover_trials(study, storage, self.retry, self.settings.grace_period)
+                            recovered_at = time.monotonic()
                         trial, stop = self._next(failures)
                     if trial is None and stop is not None:
                         print(f"worker done: {stop}", flush=True)

@@ -18,18 +18,26 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
+WORKER = Path(__file__).resolve()
+REPO = WORKER.parents[1]
+TRIAL_TIMES = "trial-times-{worker}.jsonl"  # in the job's folder: each trial's objective start and end
 
-from pipeline import cli
-from pipeline.training.callbacks import FitResult
-from search import optuna_backend
-from search.objective import TAG_STATE, TrialResult
-from search.states import COMPLETE
+if __name__ == "__main__":  # run as a script: the checkout's packages, not an installed copy
+    sys.path.insert(0, str(REPO))
+
+import mlflow  # noqa: E402
+
+from pipeline import cli  # noqa: E402
+from pipeline.training.callbacks import FitResult  # noqa: E402
+from search import optuna_backend  # noqa: E402
+from search.objective import TAG_STATE, TrialResult  # noqa: E402
+from search.states import COMPLETE  # noqa: E402
 
 
 def stub_score(chosen: dict[str, Any]) -> float:
@@ -37,8 +45,9 @@ def stub_score(chosen: dict[str, Any]) -> float:
     return float(sum(hash(str(value)) % 997 for value in chosen.values()) / 997.0)
 
 
-def stub_run_trial(seconds: float):
+def stub_run_trial(seconds: float, worker: str):
     def run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+        started = time.time()
         params = space.trial_params(base_tree, chosen)
         run_id = None
         if params.mlflow.enabled:
@@ -51,6 +60,8 @@ def stub_run_trial(seconds: float):
                 run_id = run.info.run_id
         else:
             time.sleep(seconds)
+        with open(TRIAL_TIMES.format(worker=worker), "a") as times:
+            times.write(json.dumps({"start": started, "end": time.time(), "point": chosen}) + "\n")
         return TrialResult(stub_score(chosen), FitResult(), params, run_id)
 
     return run_trial
@@ -76,6 +87,58 @@ def _wait_for(path: Path, stop: Path) -> bool:
     return True
 
 
+def worker_env() -> dict[str, str]:
+    """This environment, with the checkout first on the path and no tracking URI of the caller's."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+class WorkerPool:
+    """Long-lived worker processes (start-up paid once) that run one sweep per job, released together."""
+
+    def __init__(self, root: Path, n: int, trial_seconds: float = 0.1) -> None:
+        self.jobs = root / "jobs"
+        self.jobs.mkdir(parents=True)
+        self.names = [f"w{i}" for i in range(n)]
+        self.procs = [subprocess.Popen([sys.executable, str(WORKER), "--jobs", str(self.jobs), "--worker", name,
+                                        "--trial-seconds", str(trial_seconds)], env=worker_env(), cwd=root,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                      for name in self.names]
+        self.job = 0
+
+    def run(self, cwd: Path, argv: list[str], timeout: float = 300) -> dict[str, int]:
+        """Run ``argv`` in every worker at once; returns each worker's exit code."""
+        job = self.job
+        self.job += 1
+        spec = self.jobs / f".{job}.json"  # renamed into place: a worker never reads half a file
+        spec.write_text(json.dumps({"cwd": str(cwd), "argv": argv}))
+        spec.rename(self.jobs / f"{job}.json")
+        self._wait(lambda: all((self.jobs / f"{job}.{name}.ready").exists() for name in self.names), timeout)
+        (self.jobs / f"{job}.go").touch()  # the gate: every worker polls it each millisecond
+        self._wait(lambda: all((self.jobs / f"{job}.{name}.rc").exists() for name in self.names), timeout)
+        return {name: int((self.jobs / f"{job}.{name}.rc").read_text()) for name in self.names}
+
+    def _wait(self, done: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            dead = [proc for proc in self.procs if proc.poll() is not None]
+            if dead:
+                raise AssertionError(f"a worker exited: {dead[0].stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("workers did not finish in time")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        (self.jobs / "stop").touch()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=Path)
@@ -84,7 +147,7 @@ def main() -> int:
     parser.add_argument("--once", action="store_true", help="run the sweep ARGV now and exit with its code")
     parser.add_argument("argv", nargs="*")
     args = parser.parse_args()
-    optuna_backend.run_trial = stub_run_trial(args.trial_seconds)
+    optuna_backend.run_trial = stub_run_trial(args.trial_seconds, args.worker)
     if args.once:
         return cli.main(args.argv)
     stop = args.jobs / "stop"
@@ -97,8 +160,10 @@ def main() -> int:
         os.chdir(spec["cwd"])
         _forget_mlflow_stores()
         output = io.StringIO()
+        started = time.time()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             code = cli.main(spec["argv"])
+        (Path(spec["cwd"]) / f"worker-{args.worker}.json").write_text(json.dumps({"start": started, "end": time.time()}))
         (Path(spec["cwd"]) / f"worker-{args.worker}.log").write_text(output.getvalue())
         written = args.jobs / f".{job}.{args.worker}.rc"
         written.write_text(str(code))

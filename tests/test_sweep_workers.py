@@ -4,7 +4,6 @@ namespace. Trials sleep instead of training (tests/sweep_worker.py) inside real 
 everything else is the real sweep code against real PostgreSQL and SQLite databases."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,8 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-WORKER = Path(__file__).with_name("sweep_worker.py")
-REPO = Path(__file__).resolve().parents[1]
+from sweep_worker import WORKER, WorkerPool, worker_env
 # 8 grid points of 1 epoch; every point must be trained exactly once.
 GRID = """
 epochs: 1
@@ -36,61 +34,10 @@ REPEATS = 10
 N_WORKERS = 4
 
 
-def _env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
 def _sweep_argv(space: Path, storage: str, prepared: Path, *extra: str) -> list[str]:
     overrides = [f"data.prepared_dir={prepared}", "data.img_size=64", *extra]
     return ["sweep", str(space), "--params", "missing.yaml", "--storage", storage,
             *(arg for item in overrides for arg in ("-S", item))]
-
-
-class WorkerPool:
-    """Long-lived worker processes (start-up paid once) that run one sweep per job, released together."""
-
-    def __init__(self, root: Path, n: int, trial_seconds: float = 0.1) -> None:
-        self.jobs = root / "jobs"
-        self.jobs.mkdir(parents=True)
-        self.names = [f"w{i}" for i in range(n)]
-        self.procs = [subprocess.Popen([sys.executable, str(WORKER), "--jobs", str(self.jobs), "--worker", name,
-                                        "--trial-seconds", str(trial_seconds)], env=_env(), cwd=root,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                      for name in self.names]
-        self.job = 0
-
-    def run(self, cwd: Path, argv: list[str], timeout: float = 300) -> dict[str, int]:
-        """Run ``argv`` in every worker at once; returns each worker's exit code."""
-        job = self.job
-        self.job += 1
-        spec = self.jobs / f".{job}.json"  # renamed into place: a worker never reads half a file
-        spec.write_text(json.dumps({"cwd": str(cwd), "argv": argv}))
-        spec.rename(self.jobs / f"{job}.json")
-        self._wait(lambda: all((self.jobs / f"{job}.{name}.ready").exists() for name in self.names), timeout)
-        (self.jobs / f"{job}.go").touch()  # the gate: every worker polls it each millisecond
-        self._wait(lambda: all((self.jobs / f"{job}.{name}.rc").exists() for name in self.names), timeout)
-        return {name: int((self.jobs / f"{job}.{name}.rc").read_text()) for name in self.names}
-
-    def _wait(self, done: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            dead = [proc for proc in self.procs if proc.poll() is not None]
-            if dead:
-                raise AssertionError(f"a worker exited: {dead[0].stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError("workers did not finish in time")
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        (self.jobs / "stop").touch()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _check_study(storage: str, study_name: str, tracking_uri: str, points: int = POINTS) -> None:
@@ -160,7 +107,7 @@ def test_n_trials_counts_the_study_not_each_worker(tmp_path: Path, tiny_prepared
 
 def _popen_worker(argv: list[str], cwd: Path, trial_seconds: float, prefix: list[str] = ()) -> subprocess.Popen:
     return subprocess.Popen([*prefix, sys.executable, str(WORKER), "--trial-seconds", str(trial_seconds), "--once",
-                             "--", *argv], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--", *argv], cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 
 
