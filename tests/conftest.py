@@ -42,6 +42,20 @@ def tiny_params(tiny_prepared):
     return make
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for the session; ``postgres.new_database()`` gives a fresh,
+    empty database's URL per call. Skips when no PostgreSQL server binaries are installed."""
+    from pg_server import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    with server:
+        yield server
+
+
 SLOW_REASON = "slow on 2 CPU cores (real MLflow server, full multi-family pipelines); set CRACKOPS_SLOW_TESTS=1 to run"
 
 
