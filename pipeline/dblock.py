@@ -84,8 +84,7 @@ def database_lock(url: str, name: str) -> Iterator[None]:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
         connection = engine.connect()
     except Exception as error:  # noqa: BLE001 - bad URL, missing driver, server down: one line
-        raise DatabaseLockError(f"cannot reach database {masked_url(url)}: {type(error).__name__}: "
-                                f"{_first_line(error)}") from None
+        raise DatabaseLockError(connect_error_message(url, error)) from None
     try:
         if url.startswith("mysql"):
             connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name[:64]})
@@ -97,6 +96,21 @@ def database_lock(url: str, name: str) -> Iterator[None]:
         # Closing the session releases a session-level lock even where the unlock call fails.
         connection.close()
         engine.dispose()
+
+
+def connect_error_message(url: str, error: BaseException) -> str:
+    """One line for a failed connection to ``url``: the driver's own error, the password hidden."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    cause = getattr(error, "orig", None) or error  # the driver's error inside SQLAlchemy's wrapper
+    detail = f"{type(cause).__name__}: {_first_line(cause)}"
+    if isinstance(error, (ImportError, NoSuchModuleError)):
+        hint = ""
+        if url.startswith("postgresql:"):
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); psycopg2 is what we install.
+            hint = " (write postgresql+psycopg2://... to use psycopg2)"
+        return f"no database driver for {masked_url(url)}: {detail}{hint}"
+    return f"cannot reach database {masked_url(url)}: {detail}"
 
 
 def _first_line(error: BaseException) -> str:
