@@ -5,6 +5,7 @@ import http.client
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -109,8 +110,11 @@ def _create_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
 
 def _probe_http(uri: str) -> None:
     """Fail within seconds, naming the URL, when the tracking server at ``uri`` does not answer."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # urllib takes no user:password@; /health needs none
+    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HTTP_PROBE_TIMEOUT):
+        with urllib.request.urlopen(health, timeout=HTTP_PROBE_TIMEOUT):
             return
     except urllib.error.HTTPError:
         return  # it answers (a login, a proxy path without /health): MLflow's calls say the rest
