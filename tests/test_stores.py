@@ -11,6 +11,7 @@ import os
 import queue
 import signal
 import socket
+import time
 import traceback
 
 import pytest
@@ -48,7 +49,8 @@ def _worker_main(index, tasks, results, barrier, inside, most, workdir):
             results.put((index, False, f"worker {index}: {type(error).__name__}: {first} "
                                        f"({os.path.basename(where.filename)}:{where.lineno})"))
         finally:
-            _forget_mlflow_stores()
+            if task == "mlflow":
+                _forget_mlflow_stores()
 
 
 def _forget_mlflow_stores() -> None:
@@ -151,11 +153,15 @@ class Workers:
 
     def _collect(self):
         found = []
-        for _ in range(N_WORKERS):
+        deadline = time.monotonic() + WAIT
+        while len(found) < N_WORKERS:
             try:
-                found.append(self.results.get(timeout=WAIT))
+                found.append(self.results.get(timeout=1.0))
             except queue.Empty:
-                pytest.fail(f"only {len(found)} of {N_WORKERS} workers answered: {found}")
+                dead = [process.exitcode for process in self.processes if not process.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    pytest.fail(f"only {len(found)} of {N_WORKERS} workers answered ({found}); "
+                                f"exit codes of dead workers: {dead}")
         return [value for _, _, value in sorted(found, key=lambda item: item[0])], \
             [value for _, ok, value in found if not ok]
 
@@ -287,11 +293,15 @@ def silent_port():
 
 
 def _configure_error(uri):
+    import mlflow
+
     from pipeline.params import MlflowParams
     from pipeline.tracking.setup import TrackingError, configure
 
+    before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.raises(TrackingError) as caught:
         configure(MlflowParams(tracking_uri=uri, experiment="unreachable"))
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before  # left as it was
     return str(caught.value)
 
 
@@ -329,3 +339,18 @@ def test_silent_http_tracking_server_times_out(monkeypatch, silent_port):
     message = _configure_error(f"http://127.0.0.1:{silent_port}")
     assert f"http://127.0.0.1:{silent_port}" in message and "\n" not in message
     assert "timed out" in message.lower()
+
+
+def test_a_deleted_experiment_is_one_clear_line(tmp_path):
+    from mlflow import MlflowClient
+
+    from pipeline.params import MlflowParams
+    from pipeline.tracking.setup import TrackingError, configure
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = MlflowParams(tracking_uri=uri, experiment="gone")
+    experiment_id = configure(params)
+    assert configure(params) == experiment_id  # found, not created twice
+    MlflowClient(uri).delete_experiment(experiment_id)
+    with pytest.raises(TrackingError, match=f"'gone' at {uri} is deleted: restore it"):
+        configure(params)

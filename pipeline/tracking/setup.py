@@ -71,7 +71,6 @@ def configure(mlflow_params: MlflowParams) -> str:
         folder.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
     if uri.startswith(("http://", "https://")):
         _probe_http(uri)
-    mlflow.set_tracking_uri(uri)
     name = mlflow_params.experiment
     # Workers started together would each create (migrate) a new database store at once and break
     # it, then race to create the experiment: one at a time, under a lock held in the database.
@@ -91,6 +90,9 @@ def configure(mlflow_params: MlflowParams) -> str:
         raise TrackingError(f"MLflow experiment {name!r} at {masked_url(uri)} is deleted: restore it "
                             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
                             "or set mlflow.experiment to another name")
+    # Only now: a store that cannot be used leaves the process's tracking URI (and the
+    # MLFLOW_TRACKING_URI that set_tracking_uri exports to subprocesses) as it was.
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
