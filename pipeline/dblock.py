@@ -84,8 +84,7 @@ def database_lock(url: str, name: str) -> Iterator[None]:
     try:
         connection = _engine(url).connect()
     except Exception as error:  # noqa: BLE001 - bad URL, missing driver, server down: one line
-        raise DatabaseLockError(f"cannot reach database {masked_url(url)}: {type(error).__name__}: "
-                                f"{_first_line(error)}") from None
+        raise DatabaseLockError(connect_error_message(url, error)) from None
     try:
         if mysql:
             connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name[:64]})
@@ -114,6 +113,18 @@ def _engine(url: str) -> Any:
 
     return sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True,
                                     connect_args=connect_args(url))
+
+
+def connect_error_message(url: str, error: BaseException) -> str:
+    """One line for a failed connection to ``url``: the driver's own error, the password hidden."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    cause = getattr(error, "orig", None) or error  # the driver's error inside SQLAlchemy's wrapper
+    detail = f"{type(cause).__name__}: {_first_line(cause)}"
+    if isinstance(error, (ImportError, NoSuchModuleError)):
+        # crackops installs psycopg (postgresql:// and postgresql+psycopg://) and psycopg2.
+        return f"no database driver for {masked_url(url)}: {detail} (install it, or write postgresql://...)"
+    return f"cannot reach database {masked_url(url)}: {detail}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,7 +1,12 @@
 """Where runs go: the tracking URI and the experiment, resolved from ``mlflow.*`` params."""
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -9,11 +14,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from sqlalchemy.engine import make_url
 
+from pipeline.dblock import DatabaseLockError, database_lock, masked_url
 from pipeline.errors import CrackopsError
 from pipeline.params import MlflowParams
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOCAL_ARTIFACT_DIR = "mlartifacts"
+# database_lock name serialising the tracking store's creation (schema migration) and the experiment's.
+STORE_LOCK = "crackops-mlflow-store"
+# Seconds an http(s) tracking server has to answer /health before configure gives up (MLflow's own
+# client would retry for minutes).
+HTTP_PROBE_TIMEOUT = 10
 
 
 class TrackingError(CrackopsError):
@@ -58,26 +69,62 @@ def configure(mlflow_params: MlflowParams) -> str:
     folder = _sqlite_folder(uri)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
+    if uri.startswith(("http://", "https://")):
+        _probe_http(uri)
     name = mlflow_params.experiment
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            experiment_id = client.create_experiment(name, artifact_location=_artifact_location(uri))
-        except MlflowException as error:
-            # Parallel sweep trials race to create the experiment: the loser uses the winner's.
-            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
+    # Workers started together would each create (migrate) a new database store at once and break
+    # it, then race to create the experiment: one at a time, under a lock held in the database.
+    try:
+        with database_lock(uri, STORE_LOCK):
+            # MlflowClient builds the store now (cached per URI for the process; later
+            # mlflow.start_run calls reuse it): a new database gets MLflow's tables here.
+            client = mlflow.MlflowClient(uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                raise
-            experiment_id = experiment.experiment_id
-    elif experiment.lifecycle_stage == "deleted":
-        raise TrackingError(f"MLflow experiment {name!r} at {uri} is deleted: restore it "
+                experiment_id = _create_experiment(client, name, uri)
+            else:
+                experiment_id = experiment.experiment_id
+    except DatabaseLockError as error:
+        raise TrackingError(f"MLflow tracking store: {error}") from None
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} at {masked_url(uri)} is deleted: restore it "
                             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
                             "or set mlflow.experiment to another name")
-    else:
-        experiment_id = experiment.experiment_id
+    # Only now: a store that cannot be used leaves the process's tracking URI (and the
+    # MLFLOW_TRACKING_URI that set_tracking_uri exports to subprocesses) as it was.
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _create_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    except MlflowException as error:
+        # An http server has no lock of ours: a worker that loses the race uses the winner's.
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _probe_http(uri: str) -> None:
+    """Fail within seconds, naming the URL, when the tracking server at ``uri`` does not answer."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # urllib takes no user:password@; /health needs none
+    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=HTTP_PROBE_TIMEOUT):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (a login, a proxy path without /health): MLflow's calls say the rest
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLError):
+            return  # reachable; MLflow's own TLS settings (MLFLOW_TRACKING_INSECURE_TLS...) decide
+        lines = str(reason).strip().splitlines()
+        detail = f"{type(reason).__name__}: {lines[0]}" if lines else type(reason).__name__
+        raise TrackingError(f"MLflow tracking server {masked_url(uri)} does not answer "
+                            f"(GET /health within {HTTP_PROBE_TIMEOUT} s): {detail}") from None
