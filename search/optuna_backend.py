@@ -458,7 +458,7 @@ class OptunaBackend(SweepBackend):
 
             close_runs(study)  # trials recovered at start-up
             self.retry.on_retry = close_runs  # trials found dead later
-        objective, failures, waiting = _Objective(self.config), 0, False
+        objective, failures, waiting, ran = _Objective(self.config), 0, False, 0
         # A worker waiting for others' trials looks again each second (a cheap query): it takes a
         # dead trial's retry, or leaves, within about a second. Dead trials are looked for once a
         # heartbeat interval: a trial is only found dead after grace_period anyway.
@@ -472,7 +472,7 @@ class OptunaBackend(SweepBackend):
                             recovered_at = time.monotonic()
                         trial, stop = self._next(failures)
                     if trial is None and stop is not None:
-                        print(f"worker done: {stop}", flush=True)
+                        print(f"{'worker done' if ran else 'nothing to run'}: {stop}", flush=True)
                         return RunOutcome()
                     if trial is None:
                         if not waiting:
@@ -484,6 +484,7 @@ class OptunaBackend(SweepBackend):
                         continue
                     waiting = False
                     frozen = run_one(study, trial, objective)
+                    ran += 1
                     if frozen.state == TrialState.FAIL:
                         failures += 1
                     report(trial_row(space, frozen))
