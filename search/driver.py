@@ -165,6 +165,8 @@ def run_sweep(backend: SweepBackend) -> SweepSummary:
     holding = parent_id  # this process's hold on the parent run, until it hands it on
     try:
         outcome = backend.run(parent_id, lambda row: print(trial_line(row, config.space.metric), flush=True))
+        # Under the lock: workers finishing together would write the parent's summary at once
+        # (MLflow's tag inserts collide), and exactly the last one must see every trial ended.
         with backend.coordination():
             rows = backend.rows()
             over = study_over(rows, plan.n_trials) and not outcome.interrupted
@@ -172,7 +174,7 @@ def run_sweep(backend: SweepBackend) -> SweepSummary:
                 # Trials still run elsewhere: their worker, the last to finish, ends the run for all.
                 close_parent(parent_id, "KILLED" if outcome.interrupted else "RUNNING")
                 holding = None
-        summary = conclude(config, rows, parent_id, plots=over)
+            summary = conclude(config, rows, parent_id, plots=over)
     except BaseException as error:
         close_parent(holding, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise

@@ -17,7 +17,7 @@ import traceback
 import pytest
 
 N_WORKERS = 4
-REPETITIONS = 10
+REPETITIONS = 5  # whole sweeps released together on fresh stores 10 times: tests/test_sweep_workers.py
 WAIT = 180  # seconds: only a guard against a hung worker, never reached when things work
 
 

@@ -86,7 +86,7 @@ def test_workers_released_together_on_fresh_databases_train_each_point_once(
 
 def test_workers_on_one_host_share_a_sqlite_study(tmp_path: Path, tiny_prepared: Path, pool: WorkerPool) -> None:
     (tmp_path / "grid.yaml").write_text(GRID)
-    for repeat in range(3):
+    for repeat in range(2):
         cwd = tmp_path / f"repeat-{repeat}"
         cwd.mkdir()
         codes = pool.run(cwd, _sweep_argv(tmp_path / "grid.yaml", "sqlite:///sweeps.db", tiny_prepared))
