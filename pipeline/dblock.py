@@ -80,24 +80,23 @@ def database_lock(url: str, name: str) -> Iterator[None]:
         return
     import sqlalchemy
 
-    mysql = url.startswith("mysql")
+    # MySQL's lock names span the server: the database's name keeps two studies' locks apart.
+    lock, unlock, argument = (("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)",
+                               {"name": hashlib.sha256(f"{url}:{name}".encode()).hexdigest()[:64]})
+                              if url.startswith("mysql") else
+                              ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)",
+                               {"key": lock_key(name)}))
     try:
         connection = _engine(url).connect()
     except Exception as error:  # noqa: BLE001 - bad URL, missing driver, server down: one line
         raise DatabaseLockError(connect_error_message(url, error)) from None
     try:
-        if mysql:
-            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name[:64]})
-        else:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(name)})
+        connection.execute(sqlalchemy.text(lock), argument)
         connection.commit()
         yield
     finally:
         try:
-            if mysql:
-                connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": name[:64]})
-            else:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(name)})
+            connection.execute(sqlalchemy.text(unlock), argument)
             connection.commit()
             connection.close()  # back to the pool, unlocked
         except Exception:  # noqa: BLE001 - a broken connection: dropping it ends the session and its lock

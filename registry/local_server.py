@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import CrackopsError
 
@@ -59,6 +61,17 @@ def start_mlflow_server(backend_store_uri: str, log: Path, artifacts_destination
         stop_process_group(proc)
         raise
     return url, proc
+
+
+@contextmanager
+def running_mlflow_server(folder: Path) -> Iterator[str]:
+    """An ``mlflow server`` with its SQLite store and proxied artifacts in ``folder``; yields its URL
+    and stops it (and its workers) afterwards."""
+    url, proc = start_mlflow_server(f"sqlite:///{folder}/mlflow.db", folder / "server.log", folder / "artifacts")
+    try:
+        yield url
+    finally:
+        stop_process_group(proc)
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:

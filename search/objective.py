@@ -7,7 +7,6 @@ exception (``optuna.TrialPruned``, ...) to end a trial early. Training always go
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
 from dataclasses import dataclass
@@ -179,21 +178,6 @@ def run_trial(
     re-raises ``pruned_errors`` after tagging the run pruned (tracked training ends it KILLED, not
     FAILED), and re-raises anything else after tagging the run failed.
     """
-    try:
-        return _train_trial(base_tree, space, chosen, callbacks, run_name, tags, pruned_errors)
-    finally:
-        gc.collect()  # the trial's model, gone with its frame, must not stay beside the next one's
-
-
-def _train_trial(
-    base_tree: dict[str, Any],
-    space: SearchSpace,
-    chosen: dict[str, Any],
-    callbacks: Sequence[Callback] = (),
-    run_name: str | None = None,
-    tags: dict[str, str] | None = None,
-    pruned_errors: tuple[type[BaseException], ...] = (),
-) -> TrialResult:
     from pipeline.tracking.tracked_training import train_with_tracking
 
     tags = {**(tags or {}), TAG_STATE: RUNNING}

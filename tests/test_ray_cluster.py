@@ -25,7 +25,7 @@ pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
 
 from pipeline.params import load_params  # noqa: E402
 from pipeline.tracking.input_store import InputStore, content_sha256  # noqa: E402
-from registry.local_server import free_port, start_mlflow_server, stop_process_group  # noqa: E402
+from registry.local_server import free_port, running_mlflow_server  # noqa: E402
 from search import ray_backend, ray_cluster  # noqa: E402
 from search.config import SweepConfig, SweepError  # noqa: E402
 from search.backends import run_sweep  # noqa: E402
@@ -427,12 +427,8 @@ def _port_open(port: int) -> bool:
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An ``mlflow server`` with proxied artifacts (its store in this test's hidden temp folder)."""
-    folder = tmp_path_factory.mktemp("tracking")
-    url, proc = start_mlflow_server(f"sqlite:///{folder}/mlflow.db", folder / "server.log", folder / "artifacts")
-    try:
+    with running_mlflow_server(tmp_path_factory.mktemp("tracking")) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from mlflow import MlflowClient
 from pipeline.params import PromoteParams, load_params
 from registry.gate import decide, metric_value, render_table
 from registry.lease import LEASE_TAG, Lease, LeaseError, LeaseSettings, read_lease
-from registry.local_server import free_port, start_mlflow_server, stop_process_group, wait_until_up
+from registry.local_server import free_port, running_mlflow_server, stop_process_group, wait_until_up
 from registry.promote import SuiteEvaluator, promote, render_promotion
 from registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version, load_version_model
 
@@ -128,12 +128,8 @@ def test_promote_params_validation() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` with a SQLite backend and proxied artifacts, on a free local port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    url, proc = start_mlflow_server(f"sqlite:///{root}/mlflow.db", root / "server.log", root / "artifacts")
-    try:
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 def constant_logit_builder(logit: float):
