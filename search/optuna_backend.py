@@ -43,7 +43,7 @@ from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages._heartbeat import get_heartbeat_thread  # the same beat Study.optimize runs
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.dblock import connect_args, database_lock, masked_url, sqlite_file
+from pipeline.dblock import DatabaseLockError, connect_args, database_lock, masked_url, sqlite_file
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
@@ -110,7 +110,9 @@ def make_storage(url: str, retry: RetryStaleTrial | None = None, heartbeat_inter
                 url, engine_kwargs={"connect_args": connect_args(url)} if connect_args(url) else None,
                 heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                 heartbeat_stale_trial_callback=retry or RetryStaleTrial())
-    except Exception as error:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+    except DatabaseLockError as error:  # the server is down or the driver missing: it names the URL
+        raise SweepError(f"sweep storage: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a bad URL, a database that refuses the schema
         lines = str(error).strip().splitlines()
         raise SweepError(f"cannot open sweep storage {masked_url(url)}: {type(error).__name__}: "
                          f"{lines[0] if lines else ''}") from None

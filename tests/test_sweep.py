@@ -343,6 +343,21 @@ def test_invalid_space_file_names_the_key(in_tmp: Path, tiny_prepared: Path, cap
     assert "parameters.train.lr" in capsys.readouterr().err
 
 
+def test_an_unreachable_storage_is_one_line_naming_it(in_tmp: Path, tiny_prepared: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://me:s3cret@127.0.0.1:{port}/optuna"
+    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--storage", url,
+                     "-S", f"data.prepared_dir={tiny_prepared}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "s3cret" not in error
+    assert error.startswith(f"crackops sweep: error: sweep storage: cannot reach database "
+                            f"postgresql://me:***@127.0.0.1:{port}/optuna")
+
+
 def test_override_values_round_trip() -> None:
     values = {"train.lr": 1e-05, "tuning.lora.targets": ["q", "v"], "loss.lambda": 0.65, "train.batch_size": 4,
               "train.grad_clip": None}
