@@ -124,7 +124,7 @@ def announce(config: SweepConfig, backend: str, plan: StudyPlan) -> None:
           f"best by {space.metric}; storage {plan.where}", flush=True)
     if plan.resumed is not None:
         counts = plan.resumed
-        print(f"resuming: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed, "
+        print(f"joining the study: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed, "
               f"{counts['running']} running" + (f"; requeued interrupted trial(s) {', '.join(map(str, plan.recovered))}"
                                                 if plan.recovered else ""), flush=True)
 

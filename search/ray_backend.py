@@ -329,6 +329,7 @@ def ray_session(config: SweepConfig) -> Iterator[str]:
     if config.address:
         check_cluster_tracking(config)  # also checked before the sweep's parent run; cheap
         probe_address(config.address)  # ray.init retries an unreachable address for minutes
+        _use_this_hosts_ray_token()
         try:
             ray.init(address=config.address, **common)
         except ConnectionError as error:
@@ -347,6 +348,19 @@ def ray_session(config: SweepConfig) -> Iterator[str]:
         yield where
     finally:
         ray.shutdown()
+
+
+def _use_this_hosts_ray_token() -> None:
+    """Authenticate as ``ray start`` does: with ``~/.ray/auth_token`` when it exists and
+    ``RAY_AUTH_MODE`` is unset. ``ray.init(address=...)`` alone never does, so a driver beside a
+    head that enabled token auth would be refused."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def read_state(folder: Path) -> dict[str, Any]:
