@@ -12,11 +12,12 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from registry.local_server import free_port
 
 SERVER_USER = "crackops"
 _TOOLS = ("initdb", "pg_ctl", "postgres")
@@ -48,12 +49,6 @@ def _version_key(name: str) -> tuple[int, ...]:
         return tuple(int(part) for part in name.split("."))
     except ValueError:
         return (-1,)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run_as() -> pwd.struct_passwd | None:

@@ -344,11 +344,9 @@ def test_invalid_space_file_names_the_key(in_tmp: Path, tiny_prepared: Path, cap
 
 
 def test_an_unreachable_storage_is_one_line_naming_it(in_tmp: Path, tiny_prepared: Path, capsys) -> None:
-    import socket
+    from registry.local_server import free_port
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     url = f"postgresql://me:s3cret@127.0.0.1:{port}/optuna"
     assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--storage", url,
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 2

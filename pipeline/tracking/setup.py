@@ -12,9 +12,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from sqlalchemy.engine import make_url
 
-from pipeline.dblock import DatabaseLockError, database_lock, masked_url
+from pipeline.dblock import DatabaseLockError, database_lock, masked_url, sqlite_file
 from pipeline.errors import CrackopsError
 from pipeline.params import MlflowParams
 
@@ -38,10 +37,8 @@ def resolve_tracking_uri(mlflow_params: MlflowParams) -> str:
 
 def _sqlite_folder(tracking_uri: str) -> Path | None:
     """The folder of a local sqlite database file; None for other stores and in-memory sqlite."""
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    database = make_url(tracking_uri).database
-    return Path(database).parent if database and database != ":memory:" else None
+    database = sqlite_file(tracking_uri)
+    return database.parent if database is not None else None
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
