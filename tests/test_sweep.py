@@ -380,3 +380,22 @@ def test_a_metric_training_does_not_report_names_the_space_keys() -> None:
 
     with pytest.raises(Exception, match=r"'val_pixel_AP' \(the space's metric or prune_metric\).*val_pixel_ap"):
         metric_value({"val_f1": 0.5, "val_pixel_ap": 0.4}, "val_pixel_AP")
+
+
+def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path) -> None:
+    import torch
+
+    from pipeline.errors import ParamsError
+    from pipeline.training.precision import DeviceError, pick_device
+
+    seen = {}
+    monkeypatch.setattr("search.backends.run_sweep", lambda backend, config: seen.update(device=config.base.train.device))
+    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--device", "cuda:1",
+                     "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
+    assert seen["device"] == "cuda:1"
+    assert pick_device("cpu") == torch.device("cpu")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(DeviceError, match=r"train.device is cuda:1 but this process sees \d CUDA device"):
+            pick_device("cuda:1")
+    with pytest.raises(ParamsError, match="train.device"):
+        load_params("missing.yaml", ["train.device=gpu"])
