@@ -10,7 +10,11 @@ telling the result. For each W it reports
 * overhead per trial: the gap between one trial's objective ending and the next one's starting in
   the same worker (median, 90th percentile, max), i.e. everything the sweep does between trials;
 * wall time minus objective time per trial: each worker's whole sweep (opening the study, writing
-  the summary) less the time its objectives ran, divided by its trials.
+  the summary) less the time its objectives ran, divided by its trials;
+* CPU: the worker's own CPU time between trials (median; the sweep code and its database driver,
+  not PostgreSQL's side), and the cores busy during the round (the whole machine: workers,
+  PostgreSQL, everything, from ``/proc/stat``). Where the cores busy reach the machine's count,
+  workers queue for CPU and the overhead measures the machine, not the coordination.
 
     python benchmarks/sweep_coordination.py [--workers 1 4 16] [--trials-per-worker 25]
         [--trial-seconds 0.2] [--storage postgresql+psycopg2://...]  # default: a throwaway local server
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +44,13 @@ from sweep_worker import WorkerPool  # noqa: E402  (tests/: the worker the tests
 def grid_space(points: int) -> str:
     return ("epochs: 1\nsampler: grid-fraction\ngrid_fraction: 1.0\nparameters:\n"
             f"  train.seed: {{type: categorical, choices: [{', '.join(map(str, range(points)))}]}}\n")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent not idle since boot (all cores, from /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -60,20 +72,21 @@ def measure(workers: int, trials_per_worker: int, trial_seconds: float, storage:
             "-S", f"data.prepared_dir={prepared}", "-S", "mlflow.enabled=false"]
     pool = WorkerPool(folder, workers, trial_seconds)
     try:
-        started = time.time()
+        started, busy = time.time(), busy_cpu_seconds()
         codes = pool.run(folder, argv, timeout=3600)
-        wall = time.time() - started
+        wall, busy = time.time() - started, busy_cpu_seconds() - busy
     finally:
         pool.close()
     if set(codes.values()) != {0}:
         raise SystemExit(f"a worker failed: {codes}; logs in {folder}")
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     completed = Counter(t.params["train.seed"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
-    gaps, per_trial = [], []
+    gaps, gap_cpu, per_trial = [], [], []
     for name in pool.names:
         times = [json.loads(line) for line in (folder / f"trial-times-{name}.jsonl").read_text().splitlines()] \
             if (folder / f"trial-times-{name}.jsonl").exists() else []
         gaps += [after["start"] - before["end"] for before, after in zip(times, times[1:])]
+        gap_cpu += [after["cpu_start"] - before["cpu_end"] for before, after in zip(times, times[1:])]
         span = json.loads((folder / f"worker-{name}.json").read_text())
         if times:
             objective = sum(item["end"] - item["start"] for item in times)
@@ -85,6 +98,8 @@ def measure(workers: int, trials_per_worker: int, trial_seconds: float, storage:
         "overhead_ms": {"median": 1000 * statistics.median(gaps), "p90": 1000 * percentile(gaps, 0.9),
                         "max": 1000 * max(gaps)} if gaps else None,
         "wall_minus_objective_per_trial_ms": 1000 * statistics.median(per_trial) if per_trial else None,
+        "worker_cpu_between_trials_ms": 1000 * statistics.median(gap_cpu) if gap_cpu else None,
+        "cores_busy": round(busy / wall, 2), "cores": os.cpu_count(),
         "trials_per_worker": sorted(Counter(t.user_attrs.get("worker") for t in trials).values()),
     }
 
@@ -120,7 +135,9 @@ def main() -> None:
                   f"{result['trials']} trials, duplicates {result['duplicates']}, lost {result['lost']}; overhead "
                   f"per trial median {overhead.get('median', float('nan')):.1f} ms, p90 {overhead.get('p90', float('nan')):.1f} "
                   f"ms, max {overhead.get('max', float('nan')):.1f} ms; wall minus objective per trial "
-                  f"{result['wall_minus_objective_per_trial_ms']:.1f} ms; wall {result['wall_s']} s; "
+                  f"{result['wall_minus_objective_per_trial_ms']:.1f} ms; worker CPU between trials "
+                  f"{result['worker_cpu_between_trials_ms']:.1f} ms; {result['cores_busy']} of {result['cores']} cores "
+                  f"busy; wall {result['wall_s']} s; "
                   f"trials per worker {result['trials_per_worker']}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

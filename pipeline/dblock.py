@@ -13,7 +13,6 @@ run, taking the next trial. :func:`database_lock` serialises such steps where th
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,14 +103,24 @@ def database_lock(url: str, name: str) -> Iterator[None]:
             connection.close()
 
 
-@functools.lru_cache(maxsize=None)
+_ENGINES: dict[str, Any] = {}
+
+
 def _engine(url: str) -> Any:
     """One small pool of lock connections per database and process: connecting to a server that
     checks passwords costs more than the lock itself, and a sweep takes a lock before every trial."""
     import sqlalchemy
 
-    return sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True,
-                                    connect_args=connect_args(url))
+    if url not in _ENGINES:
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True,
+                                                 connect_args=connect_args(url))
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled lock connection of this process (a process that moves on to other databases)."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].dispose()
 
 
 def connect_error_message(url: str, error: BaseException) -> str:

@@ -72,6 +72,9 @@ class SweepBackend(ABC):
         """A lock every worker of this study respects; none where one process runs the study."""
         return nullcontext()
 
+    def close(self) -> None:
+        """Let go of what ``open`` holds (database connections), however the sweep ended."""
+
     @abstractmethod
     def recorded_parent(self) -> str | None:
         """The MLflow parent run id the study recorded, if any."""
@@ -152,6 +155,13 @@ def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None, p
 
 def run_sweep(backend: SweepBackend) -> SweepSummary:
     """Run (or resume, or join) the sweep ``backend.config`` describes; prints progress, returns the summary."""
+    try:
+        return _drive(backend)
+    finally:
+        backend.close()
+
+
+def _drive(backend: SweepBackend) -> SweepSummary:
     config = backend.config
     check_inputs(config)
     plan = backend.open()

@@ -7,7 +7,7 @@ extended), trial counts by state, the best-params files and the plots.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -95,10 +95,14 @@ def close_parent(run_id: str | None, status: str) -> None:
         mlflow.MlflowClient().set_terminated(run_id, status)
 
 
-def close_orphan_children(parent_id: str | None, live_numbers: set[int], reason: str) -> list[str]:
-    """End RUNNING trial runs whose trial is no longer running (its worker died): FAILED, tagged.
+def close_orphan_children(parent_id: str | None, reason: str, failed_numbers: Callable[[], set[int]] | None = None
+                          ) -> list[str]:
+    """End RUNNING trial runs whose trial failed without them (its worker died): FAILED, tagged.
 
-    ``live_numbers``: trial numbers still running somewhere. Returns the closed run ids.
+    ``failed_numbers`` gives the numbers of the study's failed trials; it is called after MLflow is
+    read, so a trial another worker takes meanwhile, whose run starts meanwhile, or that completes
+    meanwhile is never among them. None: every RUNNING trial run is an orphan (one process runs
+    the whole study). Returns the closed run ids.
     """
     if parent_id is None:
         return []
@@ -106,11 +110,16 @@ def close_orphan_children(parent_id: str | None, live_numbers: set[int], reason:
     experiment_id = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([experiment_id], filter_string=(
         f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"))
+    if not children:
+        return []
+    failed = failed_numbers() if failed_numbers is not None else None
     closed = []
     for child in children:
         number = child.data.tags.get(TAG_NUMBER)
-        if number is not None and number.isdigit() and int(number) in live_numbers:
+        if failed is not None and not (number is not None and number.isdigit() and int(number) in failed):
             continue
+        if client.get_run(child.info.run_id).info.status != "RUNNING":
+            continue  # its worker ended it since (a trial that failed for its own reason)
         client.set_tag(child.info.run_id, TAG_STATE, FAILED)
         client.set_tag(child.info.run_id, TAG_FAIL_REASON, reason[:MAX_REASON])
         client.set_terminated(child.info.run_id, "FAILED")

@@ -6,9 +6,13 @@ study once:
 
 * **one lock per study** (:func:`pipeline.dblock.database_lock`: an advisory lock on PostgreSQL,
   a file lock beside a SQLite file) serialises the few steps where workers race: creating the
-  storage's schema, queueing the grid, creating the study's one MLflow parent run, taking the next
+  storage's schema, queueing the grid, creating the study's one MLflow parent run, creating a new
   trial. So no grid point is queued twice, none is skipped, and ``--n-trials N`` counts the
-  study's finished trials: a worker takes a trial only while finished + running < N.
+  study's finished trials: a worker creates a trial only while finished + running < N.
+* on PostgreSQL and MySQL a **queued trial** (a grid point, a retry) is taken without the lock,
+  by Optuna's compare-and-set from WAITING to RUNNING in the database (a row lock): of workers
+  racing for it exactly one gets it, and a queued grid cannot exceed ``--n-trials`` whoever takes
+  it (see ``take_queued``). SQLite has no row locks: there the file lock covers taking too.
 * **liveness by Optuna's RDB heartbeat**: a running trial beats every
   ``sweep.optuna.heartbeat_interval`` seconds; one silent for ``grace_period`` seconds (its worker
   was killed, its host lost) is failed by whichever worker notices first and queued again by
@@ -30,6 +34,7 @@ import copy
 import datetime
 import gc
 import hashlib
+import json
 import os
 import socket
 import time
@@ -177,8 +182,8 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> int:
     """Draw the study's share of the grid once and queue it; returns the number of drawn points.
 
     Call it under the study's lock: the check and the queueing must be one step for workers
-    starting together. A resumed study keeps its first draw (``grid.enqueued``); ``skip_if_exists``
-    covers a worker that died halfway through queueing.
+    starting together. A resumed study keeps its first draw (``grid.enqueued``); points already
+    in the study are skipped, for a worker that died halfway through queueing.
     """
     attrs = study.user_attrs
     if attrs.get(S_GRID_DONE):
@@ -187,13 +192,21 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> int:
                   f"--seed {seed} does not change them", flush=True)
         return int(attrs[S_GRID_POINTS])
     points = space.grid_sample(seed)
+    # Read once: enqueue_trial(skip_if_exists=True) reads the whole study per point (minutes for a large grid).
+    existing = {_point_key(trial.system_attrs.get(FIXED_PARAMS, trial.params)) for trial in study.get_trials(deepcopy=False)}
     for point in points:
-        study.enqueue_trial(space.encode(point), skip_if_exists=True)
+        params = space.encode(point)
+        if _point_key(params) not in existing:
+            study.enqueue_trial(params)
     study.set_user_attr(S_GRID_SEED, seed)
     study.set_user_attr(S_GRID_POINTS, len(points))
     study.set_user_attr(S_GRID_SIZE, len(space.grid()))
     study.set_user_attr(S_GRID_DONE, True)  # last: a crash before this re-enqueues (skipping existing)
     return len(points)
+
+
+def _point_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -205,7 +218,7 @@ def _silent_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, gra
     taking the trial and its first heartbeat, which Optuna's stale check (heartbeats only) misses."""
     from optuna.storages._rdb import models
 
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = trials_in(study, TrialState.RUNNING)
     if not running:
         return []
     with storage.engine.connect() as connection:
@@ -239,8 +252,7 @@ def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, ret
             continue
         retry(study, storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    interrupted = [trial for trial in failed if trial.user_attrs.get(A_INTERRUPTED)]
+    interrupted = [trial for trial in trials_in(study, TrialState.FAIL) if trial.user_attrs.get(A_INTERRUPTED)]
     if interrupted:
         retried = _retried_numbers(study.get_trials(deepcopy=False))
         # No retry limit here: being stopped with the sweep is no fault of the trial's.
@@ -328,9 +340,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
-    study.tell(trial, value if state is None else None, state=state)
+    frozen = study.tell(trial, value if state is None else None, state=state)  # as stored now
     gc.collect()  # the trial's model (also held by a pruned trial's traceback) must not stay beside the next one's
-    return study._storage.get_trial(trial._trial_id)
+    return frozen
 
 
 def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int] | None = None) -> TrialRow:
@@ -362,6 +374,49 @@ def all_rows(study: optuna.Study, space: SearchSpace) -> list[TrialRow]:
         if history:
             retried_as[history[-1]] = trial.number
     return [trial_row(space, trial, retried_as) for trial in trials]
+
+
+def trials_in(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
+    """The study's trials in ``states``, filtered in the database. (``study.get_trials`` goes through
+    Optuna's cache, which re-reads every unfinished trial: with a queued grid of hundreds, every call.)"""
+    return _rdb(study).get_all_trials(study._study_id, deepcopy=False, states=states)
+
+
+def take_queued(study: optuna.Study, candidates: int = 16) -> optuna.Trial | None:
+    """The oldest queued trial, taken by compare-and-set in the database (on PostgreSQL and MySQL
+    no lock is needed: of workers racing for one trial, exactly one gets it); None when nothing is queued.
+
+    What ``Study.ask`` does first, without its read of every unfinished trial (O(queued) per ask,
+    under the study's lock: what made 16 workers wait on each other).
+    """
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    storage = _rdb(study)
+    while True:
+        query = (sqlalchemy.select(table.c.trial_id)
+                 .where(table.c.study_id == study._study_id, table.c.state == TrialState.WAITING)
+                 .order_by(table.c.trial_id).limit(candidates))
+        with storage.engine.connect() as connection:
+            queued = [row[0] for row in connection.execute(query)]
+        if not queued:
+            return None
+        for trial_id in queued:
+            try:
+                if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    return new_trial(study, trial_id)
+            except UpdateFinishedTrialError:
+                pass  # finished meanwhile (a retry's original, failed by a stale check)
+        # every candidate was taken by other workers between the query and the compare-and-set
+
+
+def new_trial(study: optuna.Study, trial_id: int | None = None) -> optuna.Trial:
+    """The ``optuna.Trial`` for ``trial_id`` (taken from the queue), or for a new trial, as ``Study.ask`` makes it."""
+    study._thread_local.cached_all_trials = None  # as ask does: the sampler sees the study as it is now
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(study._study_id)
+    return optuna.Trial(study, trial_id)
 
 
 def study_counts(study: optuna.Study) -> dict[str, int]:
@@ -409,6 +464,7 @@ class OptunaBackend(SweepBackend):
         self.storage: optuna.storages.RDBStorage | None = None
         self.study: optuna.Study | None = None
         self.n_trials = 0
+        self.grid_points = 0
 
     def coordination(self) -> AbstractContextManager[None]:
         return database_lock(self.config.storage, f"crackops-study:{self.config.study_name}")
@@ -422,9 +478,14 @@ class OptunaBackend(SweepBackend):
             grid_points = enqueue_grid(self.study, config.space, config.seed) if self.grid else None
             recovered = recover_trials(self.study, self.storage, self.retry, self.settings.grace_period)
         self.n_trials = config.n_trials or grid_points or DEFAULT_N_TRIALS
+        self.grid_points = grid_points or 0
         attrs = self.study.user_attrs
         return StudyPlan(self.n_trials, masked_url(config.storage), grid_points, attrs.get(S_GRID_SIZE),
                          attrs.get(S_GRID_SEED), None if created else study_counts(self.study), recovered)
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.engine.dispose()  # a process that sweeps again (a notebook, the test workers) keeps no connections
 
     def recorded_parent(self) -> str | None:
         return self.study.user_attrs.get(S_PARENT)
@@ -436,6 +497,17 @@ class OptunaBackend(SweepBackend):
     def rows(self) -> list[TrialRow]:
         return all_rows(self.study, self.config.space)
 
+    def _takes_queued_without_lock(self) -> bool:
+        """Whether a queued trial can be taken without the study's lock.
+
+        * The database's compare-and-set is atomic: PostgreSQL and MySQL lock the row
+          (``SELECT ... FOR UPDATE``); SQLite ignores that, so two processes could both take one
+          trial, and on SQLite (one host, a few workers) the file lock serialises taking as well.
+        * Taking any queued trial keeps the study within ``n_trials`` whatever others do: a grid's
+          queue holds its drawn points and their retries, so never more than ``n_trials`` finish.
+        """
+        return sqlite_file(self.config.storage) is None and self.grid and self.n_trials >= self.grid_points
+
     def _next(self, failures: int) -> tuple[optuna.Trial | None, str | None]:
         """Under the study's lock: a trial to run, or None and why to stop (None: wait for the running ones)."""
         counts = study_counts(self.study)
@@ -445,10 +517,9 @@ class OptunaBackend(SweepBackend):
         if not self.grid and failures >= self.n_trials:
             return None, f"{failures} trials failed in this run; check the space and the fail reasons"
         if finished + counts[RUNNING] < self.n_trials and (counts[WAITING] or not self.grid):
-            with warnings.catch_warnings():
-                # "Heartbeat ... supposed to be used with Study.optimize": run_one beats as optimize does.
-                warnings.simplefilter("ignore", UserWarning)
-                return self.study.ask(), None  # the oldest queued trial first, else a new sample
+            trial = take_queued(self.study)  # the oldest queued trial first (a retry), else a new sample
+            if trial is not None or not self.grid:
+                return trial or new_trial(self.study), None
         if counts[RUNNING]:
             return None, None
         return None, "every drawn grid point has run"
@@ -457,8 +528,8 @@ class OptunaBackend(SweepBackend):
         study, storage, space = self.study, self.storage, self.config.space
         if parent_id is not None:
             def close_runs(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
-                live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-                close_orphan_children(parent_id, live, "interrupted: the worker stopped; the trial is retried")
+                close_orphan_children(parent_id, "interrupted: the worker stopped; the trial is retried",
+                                      lambda: {t.number for t in trials_in(study, TrialState.FAIL)})
 
             close_runs(study)  # trials recovered at start-up
             self.retry.on_retry = close_runs  # trials found dead later
@@ -473,11 +544,14 @@ class OptunaBackend(SweepBackend):
         try:
             with quiet_optuna():
                 while True:
-                    with self.coordination():
-                        if time.monotonic() - recovered_at >= self.settings.heartbeat_interval:
+                    if time.monotonic() - recovered_at >= self.settings.heartbeat_interval:
+                        with self.coordination():
                             recover_trials(study, storage, self.retry, self.settings.grace_period)
-                            recovered_at = time.monotonic()
-                        trial, stop = self._next(failures)
+                        recovered_at = time.monotonic()
+                    trial, stop = (take_queued(study) if self._takes_queued_without_lock() else None), None
+                    if trial is None:
+                        with self.coordination():
+                            trial, stop = self._next(failures)
                     if trial is None and stop is not None:
                         print(f"{'worker done' if ran else 'nothing to run'}: {stop}", flush=True)
                         return RunOutcome()
@@ -497,3 +571,4 @@ class OptunaBackend(SweepBackend):
                     report(trial_row(space, frozen))
         finally:
             self.retry.on_retry = None
+            gc.unfreeze()  # what this sweep leaves behind can be collected when it ends

@@ -2,17 +2,21 @@
 by Optuna's matplotlib visualisation from the trial rows of any backend."""
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import optuna
 
+from pipeline.atomic import atomic_path, write_json
 from search.results import TrialRow
 from search.space import SearchSpace
 from search.states import COMPLETE, FAILED, PRUNED
 
 PLOT_DIR = "plots"
+DRAWN_FOR = ".plots-drawn-for.json"  # beside PLOT_DIR: which trials the plots show, so they are drawn once per state of the study
 _OPTUNA_STATES = {COMPLETE: optuna.trial.TrialState.COMPLETE, PRUNED: optuna.trial.TrialState.PRUNED,
                   FAILED: optuna.trial.TrialState.FAIL}
 
@@ -53,7 +57,14 @@ def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple
     """Write each plot that can be drawn to ``out_dir/plots/<name>.png``.
 
     Returns the files and, for each plot left out, why (e.g. importances need two complete trials).
+    Plots already drawn there from the same rows are kept, not drawn again: workers finishing a
+    study together on one host draw it once (seconds each, under the study's lock).
     """
+    folder = out_dir / PLOT_DIR
+    digest = rows_digest(rows)
+    drawn_for = _read_drawn_for(out_dir / DRAWN_FOR)
+    if drawn_for.get("rows") == digest and all((folder / name).exists() for name in drawn_for["written"]):
+        return [folder / name for name in drawn_for["written"]], drawn_for["skipped"]
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -63,7 +74,6 @@ def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         return [], {"all": "no complete trial"}
-    folder = out_dir / PLOT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}
     for name, plot in _plotters().items():
@@ -78,10 +88,26 @@ def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple
             figure.set_size_inches(10, 6)
             figure.tight_layout()
             path = folder / f"{name}.png"
-            figure.savefig(path, dpi=100)
+            with atomic_path(path) as partial:
+                figure.savefig(partial, dpi=100, format="png")
             written.append(path)
         except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn must not fail the sweep
             skipped[name] = f"{type(error).__name__}: {error}"
         finally:
             plt.close("all")
+    write_json(out_dir / DRAWN_FOR, {"rows": digest, "written": [path.name for path in written], "skipped": skipped})
     return written, skipped
+
+
+def rows_digest(rows: list[TrialRow]) -> str:
+    """A digest of what the plots show: each trial's number, state, value and params."""
+    shown = [[row.number, row.state, row.value, row.params] for row in sorted(rows, key=lambda item: item.number)]
+    return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_drawn_for(path: Path) -> dict:
+    try:
+        drawn_for = json.loads(path.read_text())
+        return drawn_for if isinstance(drawn_for, dict) and {"rows", "written", "skipped"} <= drawn_for.keys() else {}
+    except (OSError, ValueError):
+        return {}

@@ -540,7 +540,7 @@ class RayBackend(SweepBackend):
     def run(self, parent_id: str | None, report: Any) -> RunOutcome:
         config, space, ray_params = self.config, self.config.space, self.config.base.sweep.ray
         # Trials of a killed sweep left their runs RUNNING: none runs now, so all are closed.
-        close_orphan_children(parent_id, set(), INTERRUPTED)
+        close_orphan_children(parent_id, INTERRUPTED)
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_to(self.folder / STATE_FILE, {"space": space.name, "space_sha256": space.digest(),
                                                  "n_trials": self.n_trials, "seed": config.seed,
@@ -566,7 +566,7 @@ class RayBackend(SweepBackend):
                 shutil.rmtree(trial_work_dir(trial.trial_id), ignore_errors=True)
         if parent_id is not None:
             _close_interrupted(trials, self._rows)
-            close_orphan_children(parent_id, set(), INTERRUPTED)  # trials that died before their first epoch
+            close_orphan_children(parent_id, INTERRUPTED)  # trials that died before their first epoch
         # Tune caught Ctrl-C and saved the experiment: the driver ends the parent KILLED, the CLI exits 130.
         interrupted = any(row.state in (RUNNING, WAITING) for row in self._rows)
         errors = [row for row in self._rows if row.state == FAILED and row.note.startswith("interrupted")]

@@ -26,14 +26,14 @@ from typing import Any
 
 WORKER = Path(__file__).resolve()
 REPO = WORKER.parents[1]
-TRIAL_TIMES = "trial-times-{worker}.jsonl"  # in the job's folder: each trial's objective start and end
+TRIAL_TIMES = "trial-times-{worker}.jsonl"  # in the job's folder: each trial's objective start and end (wall, CPU)
 
 if __name__ == "__main__":  # run as a script: the checkout's packages, not an installed copy
     sys.path.insert(0, str(REPO))
 
 import mlflow  # noqa: E402
 
-from pipeline import cli  # noqa: E402
+from pipeline import cli, dblock  # noqa: E402
 from pipeline.training.callbacks import FitResult  # noqa: E402
 from search import optuna_backend  # noqa: E402
 from search.objective import TAG_STATE, TrialResult  # noqa: E402
@@ -47,7 +47,7 @@ def stub_score(chosen: dict[str, Any]) -> float:
 
 def stub_run_trial(seconds: float, worker: str):
     def run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         params = space.trial_params(base_tree, chosen)
         run_id = None
         if params.mlflow.enabled:
@@ -61,15 +61,16 @@ def stub_run_trial(seconds: float, worker: str):
         else:
             time.sleep(seconds)
         with open(TRIAL_TIMES.format(worker=worker), "a") as times:
-            times.write(json.dumps({"start": started, "end": time.time(), "point": chosen}) + "\n")
+            times.write(json.dumps({"start": started, "end": time.time(), "cpu_start": cpu_started,
+                                    "cpu_end": time.process_time(), "point": chosen}) + "\n")
         return TrialResult(stub_score(chosen), FitResult(), params, run_id)
 
     return run_trial
 
 
-def _forget_mlflow_stores() -> None:
-    """MLflow caches a store per URI string: a job in another folder must not reuse the last job's
-    ``sqlite:///mlflow.db`` (a fresh worker process would not have it)."""
+def _forget_stores() -> None:
+    """What a fresh worker process would not have: MLflow's store per URI string (a job in another
+    folder must not reuse the last job's ``sqlite:///mlflow.db``) and the last job's connections."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
@@ -77,13 +78,14 @@ def _forget_mlflow_stores() -> None:
     for engine in SqlAlchemyStore._engine_map.values():
         engine.dispose()
     SqlAlchemyStore._engine_map.clear()
+    dblock.dispose_engines()  # nor the last job's lock connections (a database per job: they add up)
 
 
-def _wait_for(path: Path, stop: Path) -> bool:
+def _wait_for(path: Path, stop: Path, poll: float) -> bool:
     while not path.exists():
         if stop.exists():
             return False
-        time.sleep(0.001)
+        time.sleep(poll)
     return True
 
 
@@ -152,18 +154,21 @@ def main() -> int:
         return cli.main(args.argv)
     stop = args.jobs / "stop"
     job = 0
-    while _wait_for(args.jobs / f"{job}.json", stop):
+    # The next job is looked for every 50 ms (an idle worker must not take CPU from busy ones); the
+    # start gate every millisecond, so workers released together start within a millisecond.
+    while _wait_for(args.jobs / f"{job}.json", stop, 0.05):
         spec = json.loads((args.jobs / f"{job}.json").read_text())
         (args.jobs / f"{job}.{args.worker}.ready").touch()
-        if not _wait_for(args.jobs / f"{job}.go", stop):
+        if not _wait_for(args.jobs / f"{job}.go", stop, 0.001):
             break
         os.chdir(spec["cwd"])
-        _forget_mlflow_stores()
+        _forget_stores()
         output = io.StringIO()
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             code = cli.main(spec["argv"])
-        (Path(spec["cwd"]) / f"worker-{args.worker}.json").write_text(json.dumps({"start": started, "end": time.time()}))
+        span = {"start": started, "end": time.time(), "cpu_s": time.process_time() - cpu}
+        (Path(spec["cwd"]) / f"worker-{args.worker}.json").write_text(json.dumps(span))
         (Path(spec["cwd"]) / f"worker-{args.worker}.log").write_text(output.getvalue())
         written = args.jobs / f".{job}.{args.worker}.rc"
         written.write_text(str(code))

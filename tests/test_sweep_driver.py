@@ -114,3 +114,33 @@ def test_unknown_backend_is_a_clear_error(list_backend: SweepConfig) -> None:
 def test_study_over(states: list[str], n_trials: int, over: bool) -> None:
     rows = [TrialRow(number, state, None, {}) for number, state in enumerate(states)]
     assert study_over(rows, n_trials) is over
+
+
+def test_plots_are_drawn_once_per_state_of_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers finishing a study together each conclude it under the study's lock: the first draws
+    the plots, the others find them drawn for the same trials (seconds each, not minutes for 16)."""
+    from search import optuna_plots
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = load_space(str(tmp_path / "space.yaml"))
+    rows = [TrialRow(number, COMPLETE, value, {"loss.lambda": lam})
+            for number, (value, lam) in enumerate([(0.3, 0.3), (0.9, 0.6)])]
+    written, skipped = optuna_plots.save_plots(space, rows, tmp_path)
+    assert {path.name for path in written} == {"optimization_history.png", "param_importances.png",
+                                               "parallel_coordinate.png"}
+    calls: list[str] = []
+    real = optuna_plots._plotters
+
+    def counting() -> dict[str, Callable]:
+        calls.append("drawn")
+        return real()
+
+    monkeypatch.setattr(optuna_plots, "_plotters", counting)
+    assert optuna_plots.save_plots(space, rows, tmp_path) == (written, skipped)
+    assert calls == []  # the same trials: kept
+    rows.append(TrialRow(2, COMPLETE, 0.5, {"loss.lambda": 0.9}))
+    assert optuna_plots.save_plots(space, rows, tmp_path)[0] == written
+    assert calls == ["drawn"]  # a trial more: drawn again
+    (tmp_path / "plots/param_importances.png").unlink()
+    optuna_plots.save_plots(space, rows, tmp_path)
+    assert calls == ["drawn", "drawn"] and (tmp_path / "plots/param_importances.png").is_file()

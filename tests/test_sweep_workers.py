@@ -58,7 +58,8 @@ def _check_study(storage: str, study_name: str, tracking_uri: str, points: int =
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(int(run.data.tags["trial.number"]) for run in children) == list(range(points))
-    assert all(run.info.status == "FINISHED" for run in children)
+    assert all(run.info.status == "FINISHED" for run in children), \
+        [(run.data.tags["trial.number"], run.info.status, run.data.tags.get("sweep.fail_reason")) for run in children]
 
 
 @pytest.fixture
