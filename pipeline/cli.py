@@ -138,7 +138,13 @@ def _sweep(params: Params, args: argparse.Namespace) -> None:
     if args.device:
         # One GPU per worker: `--device cuda:1`, or CUDA_VISIBLE_DEVICES=1 and the default auto.
         params = load_params(args.params, [*args.overrides, f"train.device={args.device}"])
-    config = SweepConfig(space=load_space(args.space), base=params, n_trials=args.n_trials, sampler=args.sampler,
+    space = load_space(args.space)
+    if args.epochs is not None:
+        space = space.with_epochs(args.epochs)
+    elif any(item.split("=", 1)[0].strip() == "train.epochs" for item in args.overrides):
+        print(f"note: each trial trains the space's {space.epochs} epochs (-S train.epochs does not change that; "
+              "use --epochs)", flush=True)
+    config = SweepConfig(space=space, base=params, n_trials=args.n_trials, sampler=args.sampler,
                          pruner=args.pruner, study=args.study, storage=args.storage, seed=args.seed,
                          address=args.address, overrides=list(args.overrides))
     run_sweep(args.backend, config)
@@ -198,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", default=None, help="Ray cluster address (ray backend only)")
     sweep.add_argument("--device", default=None,
                        help="this worker's device for its trials (cpu, cuda, cuda:1; sets train.device)")
+    sweep.add_argument("--epochs", type=int, default=None,
+                       help="epochs per trial (default: the space's `epochs`; -S train.epochs is replaced by it)")
     from registry.commands import add_parsers
 
     add_parsers(sub, common)  # promote, lineage, compare, predict

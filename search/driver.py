@@ -100,11 +100,23 @@ def study_over(rows: list[TrialRow], n_trials: int) -> bool:
     return sum(state in FINISHED_STATES for state in states) >= n_trials or WAITING not in states
 
 
+def scored_rows(rows: list[TrialRow]) -> list[TrialRow]:
+    """The complete trials with a finite score."""
+    return [row for row in rows if row.state == COMPLETE and row.value is not None and math.isfinite(row.value)]
+
+
+def all_tied(rows: list[TrialRow]) -> bool:
+    """Two or more scored trials, all with the same score: nothing tells them apart."""
+    scored = scored_rows(rows)
+    return len(scored) > 1 and len({row.value for row in scored}) == 1
+
+
 def best_trial(config: SweepConfig, rows: list[TrialRow]) -> BestTrial | None:
-    """The complete trial with the best finite score (earliest on ties), as the keys it decided."""
+    """The complete trial with the best finite score (earliest where the best is shared), as the keys
+    it decided; None when no trial scored, or when every scored trial has the same score."""
     space = config.space
-    scored = [row for row in rows if row.state == COMPLETE and row.value is not None and math.isfinite(row.value)]
-    if not scored:
+    scored = scored_rows(rows)
+    if not scored or all_tied(rows):
         return None
     sign = 1.0 if space.direction == "maximize" else -1.0
     best = max(sorted(scored, key=lambda row: row.number), key=lambda row: sign * row.value)
@@ -140,6 +152,9 @@ def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None, p
     counts = count_states([row.state for row in rows])
     best = best_trial(config, rows)
     summary = SweepSummary(config.study_name, space.metric, counts, rows, best, parent_id)
+    if all_tied(rows):
+        scored = scored_rows(rows)
+        summary.tied, summary.tied_value = len(scored), float(scored[0].value)
     if best is not None:
         summary.files = write_best(config.out_dir, best, space.metric)
         summary.command = retrain_command(best.values)
@@ -198,6 +213,9 @@ def _drive(backend: SweepBackend) -> SweepSummary:
     if not over:
         print("other workers are still running trials of this study: the last one to finish draws the plots "
               "and ends the sweep run", flush=True)
+    elif summary.counts[WAITING]:
+        print(f"{summary.counts[WAITING]} queued trial(s) not run: the study has its {plan.n_trials} finished trials "
+              "(--n-trials); rerun the same command with a larger --n-trials, or without it, to run them", flush=True)
     if outcome.errors:
         numbers = ", ".join(str(row.number) for row in outcome.errors)
         raise SweepError(f"trial(s) {numbers} errored ({outcome.errors[0].note}); fix the cause and rerun the same "

@@ -146,6 +146,9 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage,
         created = True
         study.set_user_attr(S_SPACE, space.name)
         study.set_user_attr(S_SPACE_SHA, space.digest())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental"
+            study.set_metric_names([space.metric])  # optuna-dashboard names the objective val_f1, not "Objective 0"
     except DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=placeholder, pruner=pruner)
         created = False

@@ -77,9 +77,11 @@ def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple
     folder.mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}
     for name, plot in _plotters().items():
-        if name == "param_importances" and len(complete) < 2:
-            skipped[name] = "needs at least 2 complete trials"
-            continue
+        if name == "param_importances":
+            nothing_to_rank = _nothing_to_rank(complete)
+            if nothing_to_rank:
+                skipped[name] = nothing_to_rank
+                continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning on every matplotlib plot
@@ -97,6 +99,18 @@ def save_plots(space: SearchSpace, rows: list[TrialRow], out_dir: Path) -> tuple
             plt.close("all")
     write_json(out_dir / DRAWN_FOR, {"rows": digest, "written": [path.name for path in written], "skipped": skipped})
     return written, skipped
+
+
+def _nothing_to_rank(complete: list[optuna.trial.FrozenTrial]) -> str | None:
+    """Why parameter importances would say nothing (Optuna draws equal bars), or None."""
+    if len(complete) < 2:
+        return "needs at least 2 complete trials"
+    if len({trial.value for trial in complete}) == 1:
+        return f"every complete trial scored {complete[0].value:.4f}: nothing to rank"
+    if not any(len({json.dumps(trial.params.get(name), default=str) for trial in complete}) > 1
+               for name in complete[0].params):
+        return "no parameter took two values among the complete trials"
+    return None
 
 
 def rows_digest(rows: list[TrialRow]) -> str:

@@ -57,6 +57,8 @@ class SweepSummary:
     parent_run_id: str | None = None
     files: list[Path] = field(default_factory=list)
     command: str | None = None
+    tied: int = 0  # complete trials that all scored ``tied_value`` (no best is named), else 0
+    tied_value: float | None = None
 
 
 def format_value(value: Any) -> str:
@@ -157,7 +159,11 @@ def format_summary(summary: SweepSummary, epochs: int, sweep_overrides: Sequence
     if summary.parent_run_id:
         lines.append(f"MLflow sweep run {summary.parent_run_id}")
     if summary.best is None:
-        lines.append("no trial completed yet: nothing to retrain")
+        if summary.tied:
+            lines.append(f"all {summary.tied} complete trials scored {summary.metric} {summary.tied_value:.4f}: no best to name "
+                         "or retrain (train them longer with --epochs, or check the data)")
+        else:
+            lines.append("no trial completed yet: nothing to retrain")
         return "\n".join(lines)
     best = summary.best
     lines.append(f"best {summary.metric} {best.value:.4f} (trial {best.number})")

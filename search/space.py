@@ -174,6 +174,12 @@ class SearchSpace(BaseModel):
                 chosen[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         return chosen
 
+    def with_epochs(self, epochs: int) -> "SearchSpace":
+        """This space with another trial length (``crackops sweep --epochs``)."""
+        if epochs < 1:
+            raise SpaceError(f"--epochs must be at least 1, got {epochs}")
+        return self.model_copy(update={"epochs": epochs})
+
     def digest(self) -> str:
         """SHA-256 of the space's definition: a study records it to notice an edited space on resume."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

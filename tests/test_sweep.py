@@ -2,7 +2,10 @@
 MLflow parent/child runs, the winner's files, and resuming a sweep killed with SIGKILL."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -91,12 +94,14 @@ def _stub_run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=
     return TrialResult(value, FitResult(), params, None)
 
 
-def test_sac_config3_sweep_runs_exactly_its_drawn_points(in_tmp: Path, tiny_params, monkeypatch) -> None:
+def test_sac_config3_sweep_runs_exactly_its_drawn_points(in_tmp: Path, tiny_params, monkeypatch, capsys) -> None:
     monkeypatch.setattr(optuna_backend, "run_trial", _stub_run_trial)
     space = load_space("sac-config3")
     storage = f"sqlite:///{in_tmp}/sweeps.db"
     capped = run_optuna_sweep(SweepConfig(space, tiny_params(), n_trials=5, storage=storage))
     assert capped.counts["complete"] == 5 and capped.counts["waiting"] == 3
+    assert "3 queued trial(s) not run: the study has its 5 finished trials (--n-trials); rerun" in capsys.readouterr().out
+    assert _study(storage, "sac-config3").metric_names == ["val_f1"]  # optuna-dashboard's name for the objective
     summary = run_optuna_sweep(SweepConfig(space, tiny_params(), storage=storage))  # resume: the rest only
     study = _study(storage, "sac-config3")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -121,13 +126,23 @@ def real_sweep(tiny_prepared: Path, tmp_path_factory) -> Iterator[tuple[Path, An
         patch.chdir(root)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         config = SweepConfig(load_space(str(root / "failing.yaml")), base, storage=f"sqlite:///{root}/sweeps.db")
-        summary = run_optuna_sweep(config)
-        yield root, summary, base
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            summary = run_optuna_sweep(config)
+        yield root, summary, base, printed.getvalue()
     mlflow.set_tracking_uri(None)
 
 
+def test_each_epoch_of_a_trial_is_a_line_as_it_ends(real_sweep) -> None:
+    *_, printed = real_sweep
+    lines = printed.splitlines()
+    epoch_line = next(index for index, line in enumerate(lines) if re.match(r"trial-\d+ epoch 1/1: val_f1 \d\.\d{4}", line))
+    trial_end = next(index for index, line in enumerate(lines) if re.match(r"trial \d+ complete", line))
+    assert epoch_line < trial_end  # printed during the trial, before its closing line
+
+
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(real_sweep) -> None:
-    root, summary, _ = real_sweep
+    root, summary, _, _ = real_sweep
     assert summary.counts["complete"] == 1 and summary.counts["failed"] == 3
     study = _study(f"sqlite:///{root}/sweeps.db", "failing")
     reasons = {(t.user_attrs["params"]["train.lr"], t.user_attrs["params"]["loss.lambda"]): t.user_attrs.get("fail_reason")
@@ -139,7 +154,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(real_sweep) -> None:
 
 
 def test_mlflow_parent_run_with_nested_trial_runs(real_sweep) -> None:
-    root, summary, _ = real_sweep
+    root, summary, _, _ = real_sweep
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     parent = client.get_run(summary.parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
@@ -169,7 +184,7 @@ def test_mlflow_parent_run_with_nested_trial_runs(real_sweep) -> None:
 
 
 def test_best_params_files_load_back(real_sweep, capsys) -> None:
-    root, summary, _ = real_sweep
+    root, summary, _, _ = real_sweep
     folder = root / "sweeps/failing"
     tree = read_params_file(folder / BEST_PARAMS_FILE)
     assert tree == {"loss": {"kind": "lambda_bce_dice", "lambda": 0.4}, "train": {"lr": 0.0005}}
@@ -181,7 +196,7 @@ def test_best_params_files_load_back(real_sweep, capsys) -> None:
 
 
 def test_a_finished_sweep_reruns_nothing(real_sweep) -> None:
-    root, summary, base = real_sweep
+    root, summary, base, _ = real_sweep
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         config = SweepConfig(load_space(str(root / "failing.yaml")), base, storage=f"sqlite:///{root}/sweeps.db")
@@ -389,10 +404,14 @@ def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path) 
     from pipeline.training.precision import DeviceError, pick_device
 
     seen = {}
-    monkeypatch.setattr("search.backends.run_sweep", lambda backend, config: seen.update(device=config.base.train.device))
+    monkeypatch.setattr("search.backends.run_sweep", lambda backend, config: seen.update(
+        device=config.base.train.device, epochs=config.space.epochs))
     assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--device", "cuda:1",
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
     assert seen["device"] == "cuda:1"
+    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--epochs", "1",
+                     "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
+    assert seen["epochs"] == 1  # the space's 4 epochs per trial, shortened from the command line
     assert pick_device("cpu") == torch.device("cpu")
     if torch.cuda.device_count() < 2:
         with pytest.raises(DeviceError, match=r"train.device is cuda:1 but this process sees \d CUDA device"):

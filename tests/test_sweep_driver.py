@@ -144,3 +144,19 @@ def test_plots_are_drawn_once_per_state_of_the_study(tmp_path: Path, monkeypatch
     (tmp_path / "plots/param_importances.png").unlink()
     optuna_plots.save_plots(space, rows, tmp_path)
     assert calls == ["drawn", "drawn"] and (tmp_path / "plots/param_importances.png").is_file()
+
+
+def test_a_sweep_whose_trials_all_tie_names_no_best(list_backend: SweepConfig, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def tied(self: ListBackend, parent_id: str | None, report: Callable[[TrialRow], None]) -> RunOutcome:
+        for number, lam in enumerate([0.3, 0.6, 0.9]):
+            self.done.append(TrialRow(number, COMPLETE, 0.0, {"loss.lambda": lam}, 1, 0.1))
+            report(self.done[-1])
+        return RunOutcome()
+
+    monkeypatch.setattr(ListBackend, "run", tied)
+    summary, printed = _run(list_backend)
+    assert summary.best is None and summary.tied == 3
+    assert "all 3 complete trials scored val_f1 0.0000: no best to name or retrain" in printed
+    assert "plot param_importances skipped: every complete trial scored 0.0000: nothing to rank" in printed
+    assert not (tmp_path / "sweeps/space" / BEST_PARAMS_FILE).exists()
