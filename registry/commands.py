@@ -96,7 +96,7 @@ def compare_command(params: Params, args: argparse.Namespace) -> None:
     from pipeline.atomic import write_text
     from registry.compare import compare
 
-    markdown = compare(_client(params), list(args.refs))
+    markdown = compare(_client(params), list(args.refs), force=args.force)
     print(markdown, end="")
     if args.output:
         write_text(Path(args.output), "# Model comparison\n\n" + markdown)
@@ -146,6 +146,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     compare.add_argument("refs", nargs="+", metavar="RUN_OR_VERSION",
                          help="run id, name/version, models:/name/version or models:/name@alias")
     compare.add_argument("--output", default=None, help="also write the Markdown table to this file")
+    compare.add_argument("--force", action="store_true",
+                         help="compare models scored on different test data (a warning heads the table)")
 
     predict = sub.add_parser("predict", parents=[common], help="masks and overlays for images, folders or globs")
     predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")

@@ -83,12 +83,28 @@ def _method(entry: Entry) -> str:
     return f"{architecture(entry.run)} {entry.run.data.params.get('tuning.method', '?')}"
 
 
-def _seconds_per_epoch(entry: Entry) -> float | None:
-    if entry.run is None:
+def test_data(entry: Entry) -> tuple[str, str] | None:
+    """What the entry was scored on: the data source and the prepared data's manifest digest
+    (the test split is part of it); None where the run recorded neither."""
+    tags = entry.run.data.tags if entry.run else {}
+    params = entry.run.data.params if entry.run else {}
+    digest = tags.get("data.manifest_sha256") or entry.version_tags.get("data.manifest_sha256")
+    source = params.get("data.source") or tags.get("data.source") or entry.version_tags.get("data.source")
+    if digest is None and source is None:
         return None
-    metrics = entry.run.data.metrics
-    seconds, epochs = metrics.get("train_seconds"), metrics.get("epochs_run")
-    return seconds / epochs if seconds is not None and epochs else None
+    return source or "?", digest or "?"
+
+
+def _data_label(data: tuple[str, str] | None) -> str:
+    return "—" if data is None else f"{data[0]} @{data[1][:8]}"
+
+
+def mixed_test_data(entries: list[Entry]) -> str | None:
+    """One line naming which entries were scored on which data, when they differ; else None."""
+    known = {entry.label: test_data(entry) for entry in entries if test_data(entry) is not None}
+    if len(set(known.values())) <= 1:
+        return None
+    return "scored on different test data: " + "; ".join(f"{label} on {_data_label(data)}" for label, data in known.items())
 
 
 def _params(entry: Entry) -> str:
@@ -98,14 +114,15 @@ def _params(entry: Entry) -> str:
 
 def render_compare(entries: list[Entry]) -> str:
     """Markdown: a score table (one row per model) and a lineage table."""
+    # No speed column: a run's seconds per epoch measure the machine and its load at the time, not the model.
     header = ["Model", "Method", *[h for _, _, h in SCORES], "Zero-shot IoU (mean ± std)", "Trainable params",
-              "s/epoch"]
+              "Test data"]
     lines = ["## Scores", "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for entry in entries:
         mean, std = entry.value(*ZERO_SHOT_MEAN), entry.value(*ZERO_SHOT_STD)
         zero_shot = "—" if mean is None else f"{_number(mean)} ± {_number(std)}"
         cells = [entry.label, _method(entry), *[_number(entry.value(m, t)) for m, t, _ in SCORES], zero_shot,
-                 _params(entry), _number(_seconds_per_epoch(entry), 1)]
+                 _params(entry), _data_label(test_data(entry))]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     lines += ["", "P, R, F1, IoU at the evaluation threshold on the test split; ODS and AP with the pixel tolerance; "
               "corruption sets are CrackSAM's; zero-shot as in SAC (population std).", "", "## Lineage", "",
@@ -119,7 +136,13 @@ def render_compare(entries: list[Entry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(client: MlflowClient, refs: list[str]) -> str:
+def compare(client: MlflowClient, refs: list[str], force: bool = False) -> str:
+    """The comparison as Markdown; refuses entries scored on different test data unless ``force``."""
     if not refs:
         raise CrackopsError("name at least one run id, name/version or models:/name@alias to compare")
-    return render_compare([resolve_ref(client, ref) for ref in refs])
+    entries = [resolve_ref(client, ref) for ref in refs]
+    mixed = mixed_test_data(entries)
+    if mixed and not force:
+        raise CrackopsError(f"{mixed}: their scores do not compare (pass --force to show them side by side anyway)")
+    table = render_compare(entries)
+    return f"> **Warning**: {mixed}; the scores do not compare.\n\n{table}" if mixed else table

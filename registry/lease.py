@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import CrackopsError
 
 LEASE_TAG = "promotion.lease"
+WAIT_LINE_EVERY_S = 30.0
+
+
+def _holder_text(holder: dict[str, Any] | None) -> str:
+    return f"{holder.get('host')} pid {holder.get('pid')} ({holder.get('purpose')})" if holder else "unknown"
 
 
 class LeaseError(CrackopsError):
@@ -90,10 +96,16 @@ class Lease:
         s = self.settings
         deadline = time.monotonic() + s.wait_s
         holder: dict[str, Any] | None = None
+        said_at: float | None = None  # when we last said we are waiting (a line each 30 s, not each poll)
         while time.monotonic() < deadline:
             started = time.monotonic()
             holder = read_lease(self.client, self.name)
             if not _expired(holder, time.time()) and holder.get("owner") != self.owner:
+                if said_at is None or started - said_at >= WAIT_LINE_EVERY_S:
+                    said_at = started
+                    print(f"waiting for the promotion lease of {self.name!r}: held by {_holder_text(holder)}, "
+                          f"expires in {max(0.0, float(holder['expires']) - time.time()):.0f} s; giving up in "
+                          f"{deadline - started:.0f} s", file=sys.stderr, flush=True)
                 time.sleep(s.poll_s)
                 continue
             self.expires = time.time() + s.ttl_s
@@ -112,9 +124,9 @@ class Lease:
             holder = read_lease(self.client, self.name)
             if holder is not None and holder.get("owner") == self.owner:
                 return
-        who = f"{holder.get('host')} pid {holder.get('pid')} ({holder.get('purpose')})" if holder else "unknown"
         raise LeaseError(f"registered model {self.name!r}: could not take the promotion lease in {s.wait_s:.0f} s; "
-                         f"held by {who}. A killed holder's lease expires {s.ttl_s:.0f} s after it was taken")
+                         f"held by {_holder_text(holder)}. A killed holder's lease expires {s.ttl_s:.0f} s after it "
+                         "was taken")
 
     def check(self) -> None:
         """Refuse (LeaseError) unless the tag still names us with ``min_remaining_s`` to spare."""

@@ -229,11 +229,15 @@ def test_output_folder_has_the_documented_files(oracle_run):
     assert "| 21×21 | 0.0000 | 0.0000 |" in report
 
 
-def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path):
+def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path, capsys):
     torch.manual_seed(0)
     params = _params("eval.n_overlays=1")
     model = build_model(params)
     metrics = run_evaluation(model, params, data["prepared"], _zero_shot(data), tmp_path / "eval", progress=False)
+    # Without progress bars (no TTY) each scored set is still a line, with the time so far.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("set ")]
+    assert re.match(r"set 1/\d+ test: \d+ images, F1 \d\.\d{4}, IoU \d\.\d{4} \[\d+s\]$", lines[0]), lines
+    assert any(" masonry: " in line for line in lines)
 
     leaves = list(_leaves(metrics))
     assert leaves and all(type(v) in (int, float) and math.isfinite(v) for _, v in leaves), leaves

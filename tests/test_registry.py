@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -534,7 +535,7 @@ def test_lease_is_mutually_exclusive(store_uri: str) -> None:
     assert read_lease(client, name) is None
 
 
-def test_lease_waits_out_a_dead_holder_but_not_a_live_one(server: str) -> None:
+def test_lease_waits_out_a_dead_holder_but_not_a_live_one(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     client = MlflowClient(server)
     name = f"lease-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
@@ -543,6 +544,8 @@ def test_lease_waits_out_a_dead_holder_but_not_a_live_one(server: str) -> None:
     client.set_registered_model_tag(name, LEASE_TAG, json.dumps(live))
     with pytest.raises(LeaseError, match="held by elsewhere pid 1"):
         Lease(client, name, "test", LeaseSettings(**{**FAST_LEASE, "wait_s": 1.0})).acquire()
+    assert re.search(r"waiting for the promotion lease of 'lease-\w+': held by elsewhere pid 1 \(promote version 9\), "
+                     r"expires in \d+ s; giving up in \d+ s", capsys.readouterr().err)
     client.set_registered_model_tag(name, LEASE_TAG, json.dumps({**live, "expires": time.time() + 1.0}))
     started = time.monotonic()
     with Lease(client, name, "test", LeaseSettings(**FAST_LEASE)) as lease:

@@ -9,7 +9,9 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +151,18 @@ def run_evaluation(
               "progress": progress}
 
     scores: list[SetScore] = []
-    for eval_set in sets:
+    started = time.monotonic()
+    for index, eval_set in enumerate(sets, 1):
         if eval_set.kind == "blur" and eval_set.kernel == 1:
             # Kernel 1 is the clean test split: same images, same model, same scores.
             scores.append(dataclasses.replace(scores[0], name=eval_set.name, kind="blur", overlays=[]))
             continue
         n_overlays = ev.n_overlays if eval_set.kind in ("test", "zero_shot") else 0
         scores.append(score_set(model, eval_set, ev, device, n_overlays, **common))
+        # A line per set, TTY or not: scoring every set takes minutes on a CPU.
+        score = scores[-1]
+        print(f"set {index}/{len(sets)} {score.name}: {score.n_images} images, F1 {score.metrics.get('f1', math.nan):.4f}, "
+              f"IoU {score.metrics.get('iou', math.nan):.4f} [{time.monotonic() - started:.0f}s]", flush=True)
 
     kernels = {s.name: s.kernel for s in sets if s.kind == "blur"}
     metrics = build_metrics(scores, kernels)
