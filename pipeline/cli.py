@@ -101,7 +101,7 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
         log_evaluation(run_info["run_id"], metrics, out_dir, tracking_uri=run_info["tracking_uri"])
     test = metrics["test"]
     print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; "
-          f"report: {out_dir / 'report.md'}")
+          f"report: {out_dir / 'report.md'} (with its images inside: {out_dir / 'report.html'})")
 
 
 @command("register")

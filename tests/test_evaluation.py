@@ -199,7 +199,7 @@ def test_output_folder_has_the_documented_files(oracle_run):
     assert not list(out.parent.glob(".eval.*"))  # no temporary folders left behind
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     overlays = {n for n in names if n.startswith("overlays/")}
-    assert names - overlays == {"metrics.json", "pr_curve.csv", "blur_sweep.csv", "report.md",
+    assert names - overlays == {"metrics.json", "pr_curve.csv", "blur_sweep.csv", "report.md", "report.html",
                                 "pr_curve.png", "blur_sweep.png"}
     # 2 overlays for test and masonry, 2 for masonry_b (2 images), none for corruption or blur sets.
     assert len(overlays) == 6
@@ -238,6 +238,9 @@ def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("set ")]
     assert re.match(r"set 1/\d+ test: \d+ images, F1 \d\.\d{4}, IoU \d\.\d{4} \[\d+s\]$", lines[0]), lines
     assert any(" masonry: " in line for line in lines)
+    page = (tmp_path / "eval/report.html").read_text()
+    assert page.count('<img ') >= 2 and page.count('src="data:image/png;base64,') == page.count('<img ')
+    assert "<table>" in page  # the Markdown tables, rendered
 
     leaves = list(_leaves(metrics))
     assert leaves and all(type(v) in (int, float) and math.isfinite(v) for _, v in leaves), leaves
@@ -270,7 +273,7 @@ def test_empty_blur_sweep_still_writes_every_declared_file(data, tmp_path):
     metrics = run_evaluation(Background(), params, data["prepared"], {}, tmp_path / "eval", progress=False)
     assert metrics["blur_sweep"] == {} and metrics["zero_shot"] == {}
     names = {p.name for p in (tmp_path / "eval").iterdir()}
-    assert names == {"metrics.json", "pr_curve.csv", "blur_sweep.csv", "report.md", "pr_curve.png",
+    assert names == {"metrics.json", "pr_curve.csv", "blur_sweep.csv", "report.md", "report.html", "pr_curve.png",
                      "blur_sweep.png", "overlays"}
     assert (tmp_path / "eval" / "blur_sweep.csv").read_text() == "kernel,f1,iou\n"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -331,3 +332,39 @@ def test_dataset_input_retries_only_a_creation_race(workspace: Path, tracked: tu
         with pytest.raises(MlflowException, match="connection refused"):
             tracked_training._log_inputs(params, "0" * 64)
         assert calls == ["training"]
+
+
+def test_a_dvc_experiment_run_is_named_after_it_with_system_metrics(workspace: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc exp run` sets DVC_EXP_NAME for its stages: the MLflow run carries the experiment's name,
+    samples CPU and memory while it trains, in an experiment that opens on its training runs."""
+    from pipeline.tracking.setup import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    monkeypatch.setenv("DVC_EXP_NAME", "lusty-bass")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own setting; 10 s by default
+    params = _params(workspace, "mlflow.experiment=dvc-exp")
+    _, run_id = train_with_tracking(params, None, progress=False)
+    client = _client(workspace)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "lusty-bass"
+    assert run.data.tags["dvc.exp_name"] == "lusty-bass" and run.data.tags["dvc.exp_baseline_rev"] == "a" * 40
+    assert any(name.startswith("system/cpu_utilization") for name in run.data.metrics), sorted(run.data.metrics)
+    experiment = client.get_experiment_by_name("dvc-exp")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def test_git_dirty_ignores_what_dvc_itself_edits(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("params.yaml", "dvc.lock", "train.py"):
+        (tmp_path / name).write_text("a: 1\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base")
+    (tmp_path / "params.yaml").write_text("a: 2\n")  # dvc exp run -S a=2
+    (tmp_path / "dvc.lock").write_text("a: 2\n")  # dvc repro
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "train.py").write_text("a: 2\n")
+    assert git_dirty(tmp_path) is True

@@ -1,6 +1,10 @@
 """Markdown report of an evaluation: a pure function of the results, no file access."""
 from __future__ import annotations
 
+import base64
+import html
+import re
+from pathlib import Path
 from typing import Any, Mapping
 
 # (metrics.json key, column header) of the main table.
@@ -116,3 +120,28 @@ def render_report(
             lines += [f"![{path.rsplit('/', 1)[-1].removesuffix('.png')}]({path})  " for path in paths]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def report_html(markdown_text: str, folder: Path, title: str = "Evaluation report") -> str:
+    """The report as one HTML page whose images are inside it (data URIs), read from ``folder``:
+    MLflow's artifact view renders HTML but shows a Markdown file's image links as text."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def inline(match: re.Match[str]) -> str:
+        path = folder / html.unescape(match.group(2))
+        if not path.is_file() or path.suffix.lower() not in _IMAGE_TYPES:
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{match.group(1)}data:{_IMAGE_TYPES[path.suffix.lower()]};base64,{data}"'
+
+    body = re.sub(r'(<img [^>]*src=")([^":]+)"', inline, body)
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+_HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}"
+               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+               "img{max-width:100%}")

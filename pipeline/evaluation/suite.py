@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import DatasetError
-from pipeline.evaluation.report import render_report
+from pipeline.evaluation.report import render_report, report_html
 from pipeline.evaluation.scoring import SetScore, score_set
 from pipeline.evaluation.sets import EvalSet, build_eval_sets
 from pipeline.models.factory import model_label
@@ -35,6 +35,7 @@ BLUR_SWEEP_CSV = "blur_sweep.csv"
 PR_CURVE_PNG = "pr_curve.png"
 BLUR_SWEEP_PNG = "blur_sweep.png"
 REPORT_FILE = "report.md"
+REPORT_HTML = "report.html"  # the same with its images inside: what MLflow's artifact view shows
 OVERLAY_DIR = "overlays"
 
 
@@ -200,4 +201,5 @@ def run_evaluation(
                       f"{params.data.img_size}x{params.data.img_size} inputs."),
         )
         (tmp / REPORT_FILE).write_text(report)
+        (tmp / REPORT_HTML).write_text(report_html(report, tmp))
     return metrics

@@ -36,13 +36,19 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return _git("rev-parse", "--verify", "HEAD", cwd=cwd) or None
 
 
-def git_dirty(cwd: Path | None = None) -> bool:
-    """Whether tracked files differ from HEAD.
+# Written by DVC itself (`dvc exp run -S` edits params.yaml, every repro writes dvc.lock); the
+# run's params record what they say, so they do not make the code differ from its commit.
+NOT_CODE = ("params.yaml", "dvc.lock")
 
-    Untracked files are ignored: runs create outputs, databases and caches that would otherwise
-    mark every run dirty.
+
+def git_dirty(cwd: Path | None = None) -> bool:
+    """Whether tracked code differs from HEAD.
+
+    Untracked files are ignored (runs create outputs, databases and caches that would otherwise
+    mark every run dirty), and so are :data:`NOT_CODE`.
     """
-    return bool(_git("status", "--porcelain", "--untracked-files=no", cwd=cwd))
+    excluded = [f":(top,exclude){path}" for path in NOT_CODE]
+    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded, cwd=cwd))
 
 
 def _same_path(a: Path, b: Path) -> bool:

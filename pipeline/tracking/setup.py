@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import ssl
 import urllib.error
@@ -54,6 +55,10 @@ def _artifact_location(tracking_uri: str) -> str | None:
     return (Path.cwd() / folder / LOCAL_ARTIFACT_DIR).resolve().as_uri()
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI's choice of first page (MLflow 3)
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
 def configure(mlflow_params: MlflowParams) -> str:
     """Point MLflow at the tracking store, create the experiment if missing, make it active.
 
@@ -91,12 +96,16 @@ def configure(mlflow_params: MlflowParams) -> str:
     # MLFLOW_TRACKING_URI that set_tracking_uri exports to subprocesses) as it was.
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment_id)
+    # Runs sample CPU, memory (and GPU) as system metrics; their start and stop are no news per run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     return experiment_id
 
 
 def _create_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        # MLflow 3 opens an experiment of unknown kind on its GenAI pages (traces); ours trains models.
+        return client.create_experiment(name, artifact_location=_artifact_location(uri),
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except MlflowException as error:
         # An http server has no lock of ours: a worker that loses the race uses the winner's.
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):

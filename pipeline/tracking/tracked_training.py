@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import warnings
 from pathlib import Path
@@ -40,6 +41,19 @@ MAX_DATASET_DIGEST = 36  # MLflow's column width; the full digest is the data.ma
 # Stopped on purpose (Ctrl-C, SIGTERM handlers, a sweep pruner), not broken: KILLED, not FAILED.
 KILLED_ERRORS = ("KeyboardInterrupt", "SystemExit", "TrialPruned")
 _METRIC_NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+DVC_EXP_NAME_TAG, DVC_EXP_BASELINE_TAG = "dvc.exp_name", "dvc.exp_baseline_rev"
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment running this stage (``dvc exp run`` sets ``DVC_EXP_NAME``), as run tags."""
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[DVC_EXP_NAME_TAG] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags[DVC_EXP_BASELINE_TAG] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
 
 
 def lineage_tags(params: Params) -> dict[str, str]:
@@ -179,7 +193,11 @@ def train_with_tracking(
         return train_from_params(params, callbacks, out_dir, progress), None
     experiment_id = configure(params.mlflow)
     lineage = lineage_tags(params)  # fails on missing data before a run exists
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**lineage, **(tags or {})})
+    experiment = dvc_experiment()
+    if experiment and not nested:
+        run_name = run_name or experiment[DVC_EXP_NAME_TAG]
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**lineage, **experiment, **(tags or {})},
+                           log_system_metrics=True)
     run_id = run.info.run_id
     metric_logger = MlflowCallback(run_id)
     try:
