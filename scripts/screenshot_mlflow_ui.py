@@ -1,4 +1,5 @@
-"""Screenshots of the MLflow UI: the experiment's run comparison and the registered model page.
+"""Screenshots of the MLflow UI: the experiment's runs, a run's curves and evaluation report, the run
+comparison and the registered model page; and a check that the report's images load.
 
 Not part of CI. Uses a running UI (``--ui-url``) or starts ``mlflow server`` on a free local port
 over ``--backend-store-uri`` (default: the project's ``sqlite:///mlflow.db``), then opens each page
@@ -6,6 +7,10 @@ in headless Chromium (Debian: ``apt-get install -y chromium``). The UI is a sing
 Chromium gets a virtual-time budget to fetch and render before the screenshot is taken.
 
     python scripts/screenshot_mlflow_ui.py --out screenshots/
+
+The report check: Chromium loads the latest evaluated run's ``evaluation/report.html`` from the
+server (``--dump-dom``), and every image in it must be inside the page and decode as a PNG; the
+exit status is 1 when one does not.
 """
 from __future__ import annotations
 
@@ -26,32 +31,69 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pipeline.errors import CrackopsError  # noqa: E402
 from registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402
 
+REPORT_ARTIFACT = "evaluation/report.html"  # log_evaluation's folder and the evaluate stage's HTML report
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
 
 
 def page_urls(client: MlflowClient, ui: str, experiment: str, model: str, max_runs: int) -> dict[str, str]:
-    """name -> UI URL: the run comparison of the experiment's latest finished runs and the model pages."""
+    """name -> UI URL: the runs, the latest evaluated run's charts and report, the comparison of the
+    latest finished runs (two or more) and the model pages."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise CrackopsError(f"no experiment {experiment!r} in the tracking store")
     runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=max_runs)
-    if len(runs) < 2:
-        raise CrackopsError(f"experiment {experiment!r} has {len(runs)} finished run(s); comparing needs 2")
-    ids = json.dumps([run.info.run_id for run in runs])
-    query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([found.experiment_id])})
+    evaluated = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and metrics.test_f1 >= 0",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    if not evaluated:
+        raise CrackopsError(f"experiment {experiment!r} has no finished, evaluated run (run `dvc repro` first)")
+    latest = evaluated[0].info.run_id
     urls = {
         "experiment_runs": f"{ui}/#/experiments/{found.experiment_id}",
-        "run_comparison": f"{ui}/#/compare-runs?{query}",
-        "registered_model": f"{ui}/#/models/{urllib.parse.quote(model)}",
+        "run_charts": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/model-metrics",
+        "run_report": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/artifactPath/{REPORT_ARTIFACT}",
     }
+    if len(runs) >= 2:  # a comparison needs two
+        ids = json.dumps([run.info.run_id for run in runs])
+        query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([found.experiment_id])})
+        urls["run_comparison"] = f"{ui}/#/compare-runs?{query}"
+    urls["registered_model"] = f"{ui}/#/models/{urllib.parse.quote(model)}"
     try:
         champion = client.get_model_version_by_alias(model, "champion")
         urls["champion_version"] = f"{ui}/#/models/{urllib.parse.quote(model)}/versions/{champion.version}"
     except Exception:  # noqa: BLE001 - no champion yet: the model page is still worth a picture
         pass
     return urls
+
+
+def check_report_images(chromium: str, ui: str, run_id: str, budget_ms: int) -> tuple[int, list[str]]:
+    """Load the run's HTML report in Chromium; returns (images, problems): an image that is not
+    inside the page (a link the artifact view cannot follow) or does not decode."""
+    import base64
+    import re
+
+    import cv2
+    import numpy as np
+
+    url = f"{ui}/get-artifact?" + urllib.parse.urlencode({"path": REPORT_ARTIFACT, "run_uuid": run_id})
+    with tempfile.TemporaryDirectory(prefix="crackops-chromium-") as profile:
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=120 + budget_ms / 1000)
+    if done.returncode or "<img" not in done.stdout:
+        raise CrackopsError(f"chromium could not load {url} (status {done.returncode}): {done.stderr[-800:]}")
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', done.stdout)
+    problems = []
+    for source in sources:
+        match = re.match(r"data:image/png;base64,(.*)$", source)
+        if match is None:
+            problems.append(f"not inside the page: {source[:80]}")
+            continue
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(match.group(1)), np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None or image.size == 0:
+            problems.append("an embedded image does not decode")
+    return len(sources), problems
 
 
 def screenshot(chromium: str, url: str, out: Path, window: str, budget_ms: int) -> None:
@@ -98,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                 path = args.out / f"{name}.png"
                 screenshot(chromium, url, path, args.window, args.budget_ms)
                 print(f"{path}  <-  {url}")
+            run_id = urls["run_report"].split("/runs/", 1)[1].split("/", 1)[0]
+            images, problems = check_report_images(chromium, ui.rstrip("/"), run_id, args.budget_ms)
+            print(f"report of run {run_id}: {images} images, "
+                  + ("all inside the page and decoding" if not problems else "; ".join(problems)))
+            if problems or not images:
+                return 1
         finally:
             if proc is not None:
                 stop_process_group(proc)

@@ -86,6 +86,8 @@ def configure(mlflow_params: MlflowParams) -> str:
                 experiment_id = _create_experiment(client, name, uri)
             else:
                 experiment_id = experiment.experiment_id
+                if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before crackops set it
+                    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     except DatabaseLockError as error:
         raise TrackingError(f"MLflow tracking store: {error}") from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
