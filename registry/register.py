@@ -50,7 +50,7 @@ def version_tags(run: mlflow.entities.Run, metrics: dict[str, Any]) -> dict[str,
     """Evaluation scores, data hash and git commit, copied from the run and the evaluation."""
     tags = {f"eval.{section}.{key}": str(value) for section, key in HEADLINE_SCORES
             if (value := lookup(metrics, section, key)) is not None}
-    for key in ("git.commit", "data.dvc_md5", "data.manifest_sha256"):
+    for key in ("git.commit", "data.dvc_md5", "data.source_dvc_md5", "data.manifest_sha256"):
         if key in run.data.tags:
             tags[key] = run.data.tags[key]
     tags["run_id"] = run.info.run_id

@@ -80,6 +80,21 @@ def dvc_output_hash(path: str = "data/prepared", lock: Path = Path("dvc.lock")) 
     return None
 
 
+def source_dvc_hash(source: str) -> str | None:
+    """The md5 of a DVC-tracked dataset folder (``datasets/cfd`` with ``datasets/cfd.dvc`` beside it,
+    written by ``dvc add``/``dvc import``); None for the synthetic source or an untracked folder."""
+    dvc_file = Path(f"{str(source).rstrip('/')}.dvc")
+    if not dvc_file.is_file():
+        return None
+    try:
+        tree = yaml.safe_load(dvc_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    outs = tree.get("outs") if isinstance(tree, dict) else None
+    md5 = outs[0].get("md5") if isinstance(outs, list) and outs and isinstance(outs[0], dict) else None
+    return str(md5) if md5 else None
+
+
 def manifest_digest(prepared_dir: Path | str) -> str:
     """SHA-256 over the prepare manifest's ``files`` table (path -> file sha256): the data's identity.
 

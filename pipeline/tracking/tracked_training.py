@@ -25,7 +25,7 @@ from pipeline.atomic import write_json
 from pipeline.data import CrackDataset, load_manifest
 from pipeline.models.factory import model_label
 from pipeline.params import Params
-from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest
+from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest, source_dvc_hash
 from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
 from pipeline.tracking.setup import configure
@@ -74,6 +74,9 @@ def lineage_tags(params: Params) -> dict[str, str]:
     dvc_md5 = dvc_output_hash(params.data.prepared_dir)
     if dvc_md5:
         tags["data.dvc_md5"] = dvc_md5
+    source_md5 = source_dvc_hash(params.data.source)
+    if source_md5:
+        tags["data.source_dvc_md5"] = source_md5  # the DVC version of the dataset itself
     return tags
 
 
