@@ -310,3 +310,29 @@ def test_report_renders_without_zero_shot_sets_or_overlays():
     assert "| test | 7 | 0.2500 |" in text and "| low_light_blur |  | 0.2500 |" in text
     assert "| 1 (none) | 0.2500 | 0.1250 |" in text
     assert "mean ± std" not in text and "## Overlays" not in text and "## Plots" not in text
+
+
+# Plain colour words and their RGB, to check a legend's word against the colour actually drawn.
+COLOUR_WORDS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "cyan": (0, 255, 255),
+                "magenta": (255, 0, 255), "yellow": (255, 255, 0), "white": (255, 255, 255)}
+
+
+def test_overlay_legend_names_the_colours_the_panels_are_drawn_in():
+    from pipeline.visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_panel
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    truth, prediction = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    truth[2, 3] = prediction[5, 6] = True
+    panel = overlay_panel(image, truth, prediction)  # image | 4-pixel gap | truth | gap | prediction
+    truth_panel, prediction_panel = panel[:, 12:20], panel[:, 24:32]
+    # On a black image a painted pixel is alpha (0.6) times the colour, so it points at the colour.
+    for drawn, colour in ((truth_panel[2, 3], TRUTH_COLOUR), (prediction_panel[5, 6], PREDICTION_COLOUR)):
+        assert tuple(int(v) for v in drawn) == tuple(int(0.6 * c) for c in colour.rgb)
+        assert COLOUR_WORDS[colour.name] == colour.rgb
+    assert not truth_panel[5, 6].any() and not prediction_panel[2, 3].any()
+
+    text = render_report({"test": {k: 0.25 for k in METRIC_KEYS}}, threshold=0.5, tolerance=2, n_thresholds=99,
+                         n_images={"test": 7}, overlays={"test": ["overlays/test/a.png"]}, plots={})
+    legend = next(line for line in text.splitlines() if line.startswith("Each panel:"))
+    assert legend == (f"Each panel: image | ground truth ({TRUTH_COLOUR.name}) | "
+                      f"prediction at threshold 0.5 ({PREDICTION_COLOUR.name}).")

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.visualize import panel_legend
+
 # (metrics.json key, column header) of the main table.
 COLUMNS = (
     ("precision", "P"), ("recall", "R"), ("f1", "F1"), ("iou", "IoU"), ("ods", "ODS"), ("ois", "OIS"), ("ap", "AP"),
@@ -111,8 +113,7 @@ def render_report(
         for caption, path in plots.items():
             lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
     if any(overlays.values()):
-        legend = f"Each panel: image | ground truth (red) | prediction at threshold {threshold:g} (red)."
-        lines += ["## Overlays", "", legend, ""]
+        lines += ["## Overlays", "", panel_legend(threshold), ""]
         for name, paths in overlays.items():
             if not paths:
                 continue
