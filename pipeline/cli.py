@@ -165,6 +165,43 @@ for _name in ("promote", "lineage", "compare", "predict"):
     command(_name)(_registry_command(_name))
 
 
+# One example per subcommand, closing its --help (its first line is the subcommand's summary).
+EXAMPLES = {
+    "prepare": "crackops prepare -S data.source=datasets/cfd",
+    "embed": "crackops embed -S model.family=sam_lite",
+    "distill": "crackops distill -S model.family=sam_lite -S distill.epochs=8",
+    "train": "crackops train -S train.lr=5e-4 -S train.epochs=2",
+    "evaluate": "crackops evaluate -S eval.threshold=0.4 -S 'eval.zero_shot=[]'",
+    "register": "crackops register --output outputs/register/registered.json",
+    "count-params": "crackops count-params -S model.variant=vit_b -S tuning.method=layernorm --json",
+    "sweep": "crackops sweep sac-config3 --n-trials 6",
+    "promote": "crackops promote --version 7 --dry-run",
+    "lineage": "crackops lineage --alias champion --json",
+    "compare": "crackops compare models:/crack-segmenter@champion models:/crack-segmenter@candidate",
+    "predict": "crackops predict photos/ 'more/*.jpg' --output masks/",
+}
+
+
+def package_version() -> str:
+    """The installed crackops version; a checkout used through PYTHONPATH without installing has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crackops")
+    except PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
+def _describe_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Give each subcommand's --help its summary as description and its example as epilog."""
+    # The summaries are the `help=` texts of the subcommand list; argparse keeps them only there.
+    for action in sub._choices_actions:
+        parser = sub.choices[action.dest]
+        parser.description = action.help[0].upper() + action.help[1:] + "."
+        parser.epilog = f"example:\n  {EXAMPLES[action.dest]}"
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example on its own line
+
+
 def build_parser() -> argparse.ArgumentParser:
     from search.backends import BACKENDS
 
@@ -172,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S train.lr=5e-4 (repeatable)")
-    parser = argparse.ArgumentParser(prog="crackops", description="Crack segmentation with SAM: data, training, evaluation.")
+    parser = argparse.ArgumentParser(prog="crackops", description="Crack segmentation with SAM: data, training, evaluation.",
+                                     epilog="crackops COMMAND --help describes a command, with an example.")
+    parser.add_argument("--version", action="version", version=f"crackops {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", parents=[common], help="validate, split and resize the dataset in data.source")
     for name, text in (("embed", "sam_lite: store the SAM teacher's image embeddings (reused while valid)"),
@@ -209,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     from registry.commands import add_parsers
 
     add_parsers(sub, common)  # promote, lineage, compare, predict
+    _describe_subcommands(sub)
     return parser
 
 
