@@ -195,6 +195,21 @@ def test_every_key_changed_at_once_then_restored(params_copy):
     load_params(params_copy)
 
 
+def test_a_sweeps_best_overrides_file_retrains_through_dvc(params_copy, tmp_path):
+    # README: `xargs dvc exp run < sweeps/<study>/best_overrides.txt`; xargs reads the file's shell
+    # quotes as a shell would (`$(cat ...)` would pass them on to DVC, which rejects them).
+    from search.results import BestTrial, write_best
+
+    values = {"tuning.method": "cracksam", "tuning.cracksam.parts": ["lora", "adapter"],
+              "tuning.lora.targets": ["q", "k", "v", "proj"], "tuning.lora.rank": 4, "train.lr": 1e-5,
+              "train.schedule": "poly", "loss.lambda": 0.2, "model.checkpoint": "checkpoints/sam_vit_b_01ec64.pth"}
+    write_best(tmp_path, BestTrial(number=3, value=0.5, values=values), "val.f1")
+    words = shlex.split((tmp_path / "best_overrides.txt").read_text())
+    _dvc_set(params_copy, [words[i + 1] for i, word in enumerate(words) if word == "-S"])
+    assert load_params(params_copy).to_dict() == validate(set_values(read_params_file(PARAMS), values)).to_dict()
+    assert _comments(params_copy) == _comments(PARAMS)
+
+
 @pytest.mark.xfail(strict=True, reason="ruamel joins two lines when a block list with a comment on its key "
                    "line is set to []; params.yaml has no such list, but a commented scalar given a list "
                    "(which the schema rejects) becomes one")
