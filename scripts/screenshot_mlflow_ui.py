@@ -8,9 +8,9 @@ Chromium gets a virtual-time budget to fetch and render before the screenshot is
 
     python scripts/screenshot_mlflow_ui.py --out screenshots/
 
-The report check: Chromium loads the latest evaluated run's ``evaluation/report.html`` from the
-server (``--dump-dom``), and every image in it must be inside the page and decode as a PNG; the
-exit status is 1 when one does not.
+The report check: Chromium loads the latest evaluated run's ``evaluation/report.html`` as the
+server stores it (``--dump-dom``), and every image in it must be inside the page and decode as a
+PNG; the exit status is 1 when one does not. Look at ``run_report.png`` for the page as the UI shows it.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pipeline.errors import CrackopsError  # noqa: E402
 from registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402
 
+TRAINING_VIEW = "workflowType=machine_learning"
 REPORT_ARTIFACT = "evaluation/report.html"  # log_evaluation's folder and the evaluate stage's HTML report
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
@@ -50,9 +51,11 @@ def page_urls(client: MlflowClient, ui: str, experiment: str, model: str, max_ru
         raise CrackopsError(f"experiment {experiment!r} has no finished, evaluated run (run `dvc repro` first)")
     latest = evaluated[0].info.run_id
     urls = {
-        "experiment_runs": f"{ui}/#/experiments/{found.experiment_id}",
-        "run_charts": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/model-metrics",
-        "run_report": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/artifactPath/{REPORT_ARTIFACT}",
+        # MLflow 3's UI shows its GenAI pages until a browser picks "Model training" (remembered per
+        # browser) or the URL says so; the tag mlflow.experimentKind does not decide it.
+        "experiment_runs": f"{ui}/#/experiments/{found.experiment_id}?{TRAINING_VIEW}",
+        "run_charts": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/model-metrics?{TRAINING_VIEW}",
+        "run_report": f"{ui}/#/experiments/{found.experiment_id}/runs/{latest}/artifactPath/{REPORT_ARTIFACT}?{TRAINING_VIEW}",
     }
     if len(runs) >= 2:  # a comparison needs two
         ids = json.dumps([run.info.run_id for run in runs])
@@ -67,22 +70,26 @@ def page_urls(client: MlflowClient, ui: str, experiment: str, model: str, max_ru
     return urls
 
 
-def check_report_images(chromium: str, ui: str, run_id: str, budget_ms: int) -> tuple[int, list[str]]:
-    """Load the run's HTML report in Chromium; returns (images, problems): an image that is not
-    inside the page (a link the artifact view cannot follow) or does not decode."""
+def check_report_images(chromium: str, client: MlflowClient, run_id: str, budget_ms: int) -> tuple[int, list[str]]:
+    """Load the run's HTML report, as the server stores it, in Chromium; returns (images, problems):
+    an image that is not inside the page (a link the UI's sandboxed frame cannot follow) or does
+    not decode. (The server sends artifacts as downloads; the UI shows them from a blob in a frame
+    that --dump-dom does not enter, so the stored page itself is what Chromium loads here.)"""
     import base64
     import re
 
     import cv2
     import numpy as np
 
-    url = f"{ui}/get-artifact?" + urllib.parse.urlencode({"path": REPORT_ARTIFACT, "run_uuid": run_id})
-    with tempfile.TemporaryDirectory(prefix="crackops-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="crackops-report-") as folder, \
+            tempfile.TemporaryDirectory(prefix="crackops-chromium-") as profile:
+        page = Path(client.download_artifacts(run_id, REPORT_ARTIFACT, folder))
         done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                               f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom", page.as_uri()],
                               capture_output=True, text=True, timeout=120 + budget_ms / 1000)
-    if done.returncode or "<img" not in done.stdout:
-        raise CrackopsError(f"chromium could not load {url} (status {done.returncode}): {done.stderr[-800:]}")
+    if done.returncode or "<body" not in done.stdout:
+        raise CrackopsError(f"chromium could not load {REPORT_ARTIFACT} of run {run_id} (status {done.returncode}): "
+                            f"{done.stderr[-800:]}")
     sources = re.findall(r'<img [^>]*src="([^"]*)"', done.stdout)
     problems = []
     for source in sources:
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 screenshot(chromium, url, path, args.window, args.budget_ms)
                 print(f"{path}  <-  {url}")
             run_id = urls["run_report"].split("/runs/", 1)[1].split("/", 1)[0]
-            images, problems = check_report_images(chromium, ui.rstrip("/"), run_id, args.budget_ms)
+            images, problems = check_report_images(chromium, MlflowClient(ui), run_id, args.budget_ms)
             print(f"report of run {run_id}: {images} images, "
                   + ("all inside the page and decoding" if not problems else "; ".join(problems)))
             if problems or not images:
