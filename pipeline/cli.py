@@ -67,14 +67,18 @@ def _distill(params: Params, args: argparse.Namespace) -> None:
 
 @command("train")
 def _train(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.results import HISTORY_PLOT, publish_training
     from pipeline.tracking.tracked_training import train_with_tracking
+    from pipeline.training.run import HISTORY_FILE
 
-    outcome, run_id = train_with_tracking(params, Path(params.train.out_dir), progress=not args.no_progress)
+    out_dir = Path(params.train.out_dir)
+    outcome, run_id = train_with_tracking(params, out_dir, progress=not args.no_progress)
     if run_id:
         print(f"MLflow run {run_id}")
     else:
         # dvc.yaml declares this file; with tracking off it says so, and `register` refuses clearly.
-        write_json(Path(params.train.out_dir) / RUN_FILE, {"run_id": None, "tracking": "disabled"})
+        write_json(out_dir / RUN_FILE, {"run_id": None, "tracking": "disabled"})
+    publish_training(out_dir / HISTORY_FILE)  # what `dvc plots` draws, in git-tracked results/
     best = outcome.fit.best_val
     print(f"best epoch {outcome.fit.best_epoch + 1}: validation F1 {best['f1']:.4f} "
           f"(P {best['precision']:.4f}, R {best['recall']:.4f}, IoU {best['iou']:.4f}); "
@@ -85,7 +89,10 @@ def _train(params: Params, args: argparse.Namespace) -> None:
 def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from pipeline.data.sources import zero_shot_sets
     from pipeline.evaluation import run_evaluation
+    from pipeline.evaluation.suite import BLUR_SWEEP_CSV, METRICS_FILE, PR_CURVE_CSV
     from pipeline.models.trained import load_trained_model
+    from pipeline.results import HEADLINE_METRICS, publish_evaluation
+    from pipeline.training.run import METRICS_FILE as TRAIN_METRICS_FILE
 
     train_dir, out_dir = Path(params.train.out_dir), Path(params.eval.out_dir)
     model, trained = load_trained_model(train_dir)
@@ -99,8 +106,12 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
         from pipeline.tracking.tracked_training import log_evaluation
 
         log_evaluation(run_info["run_id"], metrics, out_dir, tracking_uri=run_info["tracking_uri"])
+    # What `dvc metrics` and `dvc plots` compare across experiments, in git-tracked results/.
+    publish_evaluation(train_dir / TRAIN_METRICS_FILE, out_dir / METRICS_FILE, out_dir / PR_CURVE_CSV,
+                       out_dir / BLUR_SWEEP_CSV)
     test = metrics["test"]
     print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; "
+          f"headline metrics: {HEADLINE_METRICS}; "
           f"report: {out_dir / 'report.md'} (with its images inside: {out_dir / 'report.html'})")
 
 

@@ -90,8 +90,14 @@ def test_dvc_repro_end_to_end_on_synthetic_data(tmp_path):
     assert ran_stages(third.stdout) == ["train", "evaluate", "register"]
     assert json.loads((project / "outputs/register/registered.json").read_text())["version"] == "2"
 
-    shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout
-    assert "outputs/eval/metrics.json" in shown
+    # `dvc metrics show`: the headline file only, from this run's train and evaluate outputs.
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)
+    headline = shown[""]["data"]["results/metrics.json"]["data"]
+    train = json.loads((project / "outputs/train/metrics.json").read_text())
+    metrics = json.loads((project / "outputs/eval/metrics.json").read_text())
+    assert set(shown[""]["data"]) == {"results/metrics.json"}
+    assert headline["val"]["f1"] == train["val"]["f1"] and headline["test"]["f1"] == metrics["test"]["f1"]
+    assert headline["zero_shot"]["mean"]["iou"] == metrics["zero_shot"]["mean"]["iou"]
 
 
 def test_dvc_repro_on_crackforest(tmp_path, cfd_root):

@@ -1,7 +1,8 @@
 """Evaluation suite: test split, CrackSAM corruption sets, a blur sweep and zero-shot domains.
 
-:func:`run_evaluation` scores every set and writes ``metrics.json`` (DVC metrics), ``pr_curve.csv``
-and ``blur_sweep.csv`` (DVC plots), PNG plots, overlay panels and ``report.md``.
+:func:`run_evaluation` scores every set and writes ``metrics.json`` (every score), ``pr_curve.csv``
+and ``blur_sweep.csv``, PNG plots, overlay panels and ``report.md``; the evaluate stage copies the
+headline scores and the two CSVs to ``results/`` for DVC (:mod:`pipeline.results`).
 """
 from __future__ import annotations
 
