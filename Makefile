@@ -4,8 +4,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.crackops-installed
+PLOTS_TEMPLATE := .dvc/plots_template.html
 
-.PHONY: demo test test-all setup clean
+.PHONY: demo test test-all setup clean plots-template
 
 setup: $(STAMP)
 
@@ -18,7 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 # dvc runs each stage's `crackops ...` command through the shell, so the venv's bin goes first on PATH.
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	@echo "Scores: outputs/eval/report.md. Runs and the registered model: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Scores: outputs/eval/report.md (headline: $(BIN)/dvc metrics show); charts: $(BIN)/dvc plots show (offline page: make plots-template)"
+	@echo "Runs and the registered model: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+# `dvc plots show` pages with Vega inlined (they work offline), set in .dvc/config.local; needs npmjs.org once.
+plots-template: $(PLOTS_TEMPLATE)
+
+$(PLOTS_TEMPLATE): scripts/offline_plots_template.py $(STAMP)
+	$(BIN)/python scripts/offline_plots_template.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

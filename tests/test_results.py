@@ -2,6 +2,7 @@
 tests/test_dvc_experiments.py runs real `dvc exp run`s)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -92,3 +93,20 @@ def test_results_are_committed_by_git_and_dvc_plots_are_not():
         pytest.skip("not a git checkout")
     assert not any(ignored(str(p)) for p in (HEADLINE_METRICS, HISTORY_PLOT, PR_CURVE_PLOT, BLUR_SWEEP_PLOT))
     assert ignored("outputs/eval/metrics.json") and ignored("dvc_plots/index.html")
+    assert ignored(".dvc/plots_template.html")
+
+
+def test_offline_template_keeps_dvc_from_adding_cdn_scripts(tmp_path):
+    """DVC's renderer fills scripts/offline_plots_template.py's page without its CDN <script> tags."""
+    from dvc_render.html import render_html
+    from dvc_render.vega import VegaRenderer
+
+    spec = importlib.util.spec_from_file_location("offline_plots_template", REPO / "scripts/offline_plots_template.py")
+    offline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offline)
+    assert "cdn.jsdelivr.net" in VegaRenderer.SCRIPTS  # what DVC's default page loads
+
+    page = offline.PAGE % '    <script type="text/javascript">/* vega inlined here */</script>'
+    renderer = VegaRenderer([{"x": 1, "y": 2}], "chart", x="x", y="y")
+    html = Path(render_html([renderer], tmp_path / "index.html", page)).read_text()
+    assert "cdn.jsdelivr.net" not in html and "vega inlined here" in html and "vegaEmbed" in html
