@@ -67,7 +67,7 @@ def _distill(params: Params, args: argparse.Namespace) -> None:
 
 @command("train")
 def _train(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.results import HISTORY_PLOT, publish_training
+    from pipeline.results import HISTORY_PLOT, PIPELINE_TRAIN_DIR, publish_training
     from pipeline.tracking.tracked_training import train_with_tracking
     from pipeline.training.run import HISTORY_FILE
 
@@ -78,7 +78,10 @@ def _train(params: Params, args: argparse.Namespace) -> None:
     else:
         # dvc.yaml declares this file; with tracking off it says so, and `register` refuses clearly.
         write_json(out_dir / RUN_FILE, {"run_id": None, "tracking": "disabled"})
-    publish_training(out_dir / HISTORY_FILE)  # what `dvc plots` draws, in git-tracked results/
+    if out_dir == PIPELINE_TRAIN_DIR:
+        publish_training(out_dir / HISTORY_FILE)  # what `dvc plots` draws, in git-tracked results/
+    else:
+        print(f"{HISTORY_PLOT} not updated: train.out_dir is {out_dir}, not the pipeline's {PIPELINE_TRAIN_DIR}")
     best = outcome.fit.best_val
     print(f"best epoch {outcome.fit.best_epoch + 1}: validation F1 {best['f1']:.4f} "
           f"(P {best['precision']:.4f}, R {best['recall']:.4f}, IoU {best['iou']:.4f}); "
@@ -91,7 +94,8 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from pipeline.evaluation import run_evaluation
     from pipeline.evaluation.suite import BLUR_SWEEP_CSV, METRICS_FILE, PR_CURVE_CSV
     from pipeline.models.trained import load_trained_model
-    from pipeline.results import HEADLINE_METRICS, publish_evaluation
+    from pipeline.results import (HEADLINE_METRICS, PIPELINE_EVAL_DIR, PIPELINE_TRAIN_DIR, RESULTS_DIR,
+                                  publish_evaluation)
     from pipeline.training.run import METRICS_FILE as TRAIN_METRICS_FILE
 
     train_dir, out_dir = Path(params.train.out_dir), Path(params.eval.out_dir)
@@ -106,12 +110,15 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
         from pipeline.tracking.tracked_training import log_evaluation
 
         log_evaluation(run_info["run_id"], metrics, out_dir, tracking_uri=run_info["tracking_uri"])
-    # What `dvc metrics` and `dvc plots` compare across experiments, in git-tracked results/.
-    publish_evaluation(train_dir / TRAIN_METRICS_FILE, out_dir / METRICS_FILE, out_dir / PR_CURVE_CSV,
-                       out_dir / BLUR_SWEEP_CSV)
+    if (train_dir, out_dir) == (PIPELINE_TRAIN_DIR, PIPELINE_EVAL_DIR):
+        # What `dvc metrics` and `dvc plots` compare across experiments, in git-tracked results/.
+        publish_evaluation(train_dir / TRAIN_METRICS_FILE, out_dir / METRICS_FILE, out_dir / PR_CURVE_CSV,
+                           out_dir / BLUR_SWEEP_CSV)
+        headline = f"headline metrics: {HEADLINE_METRICS}"
+    else:
+        headline = f"{RESULTS_DIR}/ not updated (outputs not in the pipeline's {PIPELINE_TRAIN_DIR}, {PIPELINE_EVAL_DIR})"
     test = metrics["test"]
-    print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; "
-          f"headline metrics: {HEADLINE_METRICS}; "
+    print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; {headline}; "
           f"report: {out_dir / 'report.md'} (with its images inside: {out_dir / 'report.html'})")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.params import EvalParams, TrainParams
 
 RESULTS_DIR = Path("results")
 HEADLINE_METRICS = RESULTS_DIR / "metrics.json"
@@ -26,6 +27,11 @@ PLOTS_DIR = RESULTS_DIR / "plots"
 HISTORY_PLOT = PLOTS_DIR / "history.csv"        # epoch, train_loss, val_f1, ... (train stage)
 PR_CURVE_PLOT = PLOTS_DIR / "pr_curve.csv"      # threshold, precision, recall on the test split (evaluate)
 BLUR_SWEEP_PLOT = PLOTS_DIR / "blur_sweep.csv"  # kernel, f1, iou (evaluate)
+
+# results/ mirrors the pipeline's own outputs (the paths dvc.yaml declares: the params' defaults) and
+# nothing else: `crackops train -S train.out_dir=elsewhere` leaves it alone.
+PIPELINE_TRAIN_DIR = Path(TrainParams.model_fields["out_dir"].default)
+PIPELINE_EVAL_DIR = Path(EvalParams.model_fields["out_dir"].default)
 
 # The test split's headline columns, in the order `dvc metrics show` prints them.
 TEST_KEYS = ("precision", "recall", "f1", "iou", "ods", "ap")

@@ -110,3 +110,20 @@ def test_offline_template_keeps_dvc_from_adding_cdn_scripts(tmp_path):
     renderer = VegaRenderer([{"x": 1, "y": 2}], "chart", x="x", y="y")
     html = Path(render_html([renderer], tmp_path / "index.html", page)).read_text()
     assert "cdn.jsdelivr.net" not in html and "vega inlined here" in html and "vegaEmbed" in html
+
+
+def test_train_stage_mirrors_only_the_pipelines_own_outputs(tiny_params, tmp_path, monkeypatch, capsys):
+    """`crackops train` updates results/ for outputs/train (the DVC stage), not for another train.out_dir."""
+    import argparse
+
+    from pipeline.cli import COMMANDS
+
+    monkeypatch.chdir(tmp_path)  # the prepared data is at an absolute path
+    args = argparse.Namespace(no_progress=True)
+    COMMANDS["train"](tiny_params("train.epochs=1", "train.out_dir=bench/train"), args)
+    assert (tmp_path / "bench/train/history.csv").is_file() and not (tmp_path / "results").exists()
+    assert f"{HISTORY_PLOT} not updated: train.out_dir is bench/train" in capsys.readouterr().out
+
+    COMMANDS["train"](tiny_params("train.epochs=1"), args)  # train.out_dir: outputs/train
+    assert (tmp_path / HISTORY_PLOT).read_text() == (tmp_path / "outputs/train/history.csv").read_text()
+    assert (tmp_path / HISTORY_PLOT).read_text().startswith("epoch,train_loss,")
