@@ -35,6 +35,7 @@ PIPELINE_EVAL_DIR = Path(EvalParams.model_fields["out_dir"].default)
 
 # The test split's headline columns, in the order `dvc metrics show` prints them.
 TEST_KEYS = ("precision", "recall", "f1", "iou", "ods", "ap")
+DECIMALS = 5  # as the evaluation rounds its scores (pipeline.evaluation.suite)
 # Top-level sections of the evaluation tree that are not corruption sets (pipeline.evaluation.report).
 EVAL_SECTIONS = ("test", "blur_sweep", "zero_shot")
 
@@ -47,7 +48,7 @@ def headline_metrics(train: Mapping[str, Any], evaluation: Mapping[str, Any]) ->
     ``zero_shot`` is left out when no zero-shot set was scored (``eval.zero_shot: []``).
     """
     out: dict[str, Any] = {
-        "val": {"f1": train["val"]["f1"]},
+        "val": {"f1": round(float(train["val"]["f1"]), DECIMALS)},  # training keeps full precision
         "test": {key: evaluation["test"][key] for key in TEST_KEYS},
     }
     for name, scores in evaluation.items():

@@ -22,7 +22,7 @@ EVALUATION = {
     "blur_sweep": {"k1": {"f1": 0.3333, "iou": 0.2}, "k9": {"f1": 0.1, "iou": 0.05}},
     "zero_shot": {"masonry": {**SCORES, "iou": 0.07}, "mean": {**SCORES, "iou": 0.07}, "std": {**SCORES, "iou": 0.0}},
 }
-TRAIN = {"best_epoch": 2, "epochs_run": 3, "val": {**SCORES, "f1": 0.61}, "trainable_params": 1234,
+TRAIN = {"best_epoch": 2, "epochs_run": 3, "val": {**SCORES, "f1": 0.6100012345}, "trainable_params": 1234,
          "total_params": 5678, "train_seconds": 9.5}
 
 
