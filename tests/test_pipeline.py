@@ -39,7 +39,7 @@ def make_project(root: Path, extra: dict) -> Path:
     """A copy of the project's pipeline (code, dvc.yaml, params) in its own git + DVC repo."""
     project = root / "project"
     project.mkdir()
-    for name in ("pipeline", "registry", "search"):
+    for name in ("pipeline", "registry", "search", "datasets"):  # datasets/: prepare's dependency
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, project / name)
