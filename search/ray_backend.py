@@ -326,13 +326,16 @@ def ray_session(config: SweepConfig) -> Iterator[str]:
     if ray.is_initialized():
         yield "an already running Ray"
         return
+    token_set_here = False
     if config.address:
         check_cluster_tracking(config)  # also checked before the sweep's parent run; cheap
         probe_address(config.address)  # ray.init retries an unreachable address for minutes
-        _use_this_hosts_ray_token()
+        token_set_here = _use_this_hosts_ray_token()
         try:
             ray.init(address=config.address, **common)
         except ConnectionError as error:
+            if token_set_here:
+                _forget_ray_token()
             raise SweepError(f"cannot connect to the Ray cluster at {config.address}: {error} (with token "
                              "authentication, set RAY_AUTH_MODE=token and the cluster's token)") from None
         where = f"Ray cluster at {config.address}"
@@ -348,19 +351,35 @@ def ray_session(config: SweepConfig) -> Iterator[str]:
         yield where
     finally:
         ray.shutdown()
+        if token_set_here:
+            _forget_ray_token()
 
 
-def _use_this_hosts_ray_token() -> None:
+def _use_this_hosts_ray_token() -> bool:
     """Authenticate as ``ray start`` does: with ``~/.ray/auth_token`` when it exists and
     ``RAY_AUTH_MODE`` is unset. ``ray.init(address=...)`` alone never does, so a driver beside a
-    head that enabled token auth would be refused."""
+    head that enabled token auth would be refused. Returns whether it set ``RAY_AUTH_MODE``."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return False  # the user's choice
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
     except ImportError:  # a Ray without token authentication
+        return False
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+def _forget_ray_token() -> None:
+    """Undo :func:`_use_this_hosts_ray_token` once the cluster session ends: Ray sets the mode for
+    the whole process (its environment and its cached config), and a later local Ray in the same
+    process (a notebook, the test suite) must start as it would have without it."""
+    os.environ.pop("RAY_AUTH_MODE", None)
+    try:
+        from ray._raylet import Config
+    except ImportError:
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    Config.initialize("")
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -23,7 +23,10 @@ from search.ray_backend import STATE_FILE, absolute_uri, trial_base_tree  # noqa
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, SweepSummary  # noqa: E402
 from search.space import load_space  # noqa: E402
 
-TWO_EPOCHS = "epochs: 2\nsampler: random\nparameters:\n  loss.lambda: {type: float, low: 0.3, high: 0.9}\n"
+# Scored by pixel AP (threshold-free): after two tiny epochs F1 at 0.5 is 0 for both trials, a tie
+# that names no best.
+TWO_EPOCHS = ("epochs: 2\nmetric: val_pixel_ap\nsampler: random\n"
+              "parameters:\n  loss.lambda: {type: float, low: 0.3, high: 0.9}\n")
 
 
 def _sweep(root: Path, prepared: Path) -> tuple[SweepSummary, str]:
@@ -64,7 +67,7 @@ def test_two_trials_finish_with_the_optuna_backends_summary(ray_sweep) -> None:
     assert all(row.epochs == 2 and row.value is not None for row in summary.rows)
     assert summary.best is not None and 0.3 <= summary.best.values["loss.lambda"] <= 0.9
     assert "sweep 'two' over space 'two' (ray)" in printed and "running on local Ray with" in printed
-    assert "trial 0 complete val_f1" in printed and "trial 1 complete val_f1" in printed
+    assert "trial 0 complete val_pixel_ap" in printed and "trial 1 complete val_pixel_ap" in printed
     assert f"best params: loss.lambda={summary.best.values['loss.lambda']!r}" in printed
     assert (root / "sweeps/ray/two" / STATE_FILE).is_file()
 
@@ -75,7 +78,7 @@ def test_trials_are_nested_mlflow_runs_with_their_history(ray_sweep) -> None:
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.backend"] == "ray"
     assert parent.data.metrics["n_complete"] == 2
-    assert parent.data.metrics["best_val_f1"] == pytest.approx(summary.best.value)
+    assert parent.data.metrics["best_val_pixel_ap"] == pytest.approx(summary.best.value)
     assert {BEST_PARAMS_FILE, BEST_OVERRIDES_FILE} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     children = child_runs(summary.parent_run_id)
