@@ -256,6 +256,10 @@ def node_id() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():
+            # get_runtime_context() would start or join a Ray (RAY_ADDRESS, a dead cluster's
+            # address left by an earlier session) and can wait on it forever.
+            return ""
         return ray.get_runtime_context().get_node_id() or ""
     except Exception:  # noqa: BLE001 - not in Ray
         return ""
