@@ -55,6 +55,16 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _dvc_yaml(path: Path) -> dict:
+    """A file DVC writes (``dvc.lock``, a ``.dvc`` file) as a mapping; empty when missing or unreadable:
+    lineage is recorded where it can be, never a reason for a run to fail."""
+    try:
+        tree = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
 def dvc_output_hash(path: str = "data/prepared", lock: Path = Path("dvc.lock")) -> str | None:
     """The md5 DVC recorded in ``lock`` for the stage output ``path``; None when absent.
 
@@ -62,13 +72,7 @@ def dvc_output_hash(path: str = "data/prepared", lock: Path = Path("dvc.lock")) 
     is caught by the manifest digest, not by this hash.
     """
     lock = Path(lock)
-    if not lock.is_file():
-        return None
-    try:
-        tree = yaml.safe_load(lock.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    stages = tree.get("stages") if isinstance(tree, dict) else None
+    stages = _dvc_yaml(lock).get("stages")
     if not isinstance(stages, dict):
         return None
     target = Path(path) if Path(path).is_absolute() else lock.parent / path
@@ -83,14 +87,7 @@ def dvc_output_hash(path: str = "data/prepared", lock: Path = Path("dvc.lock")) 
 def source_dvc_hash(source: str) -> str | None:
     """The md5 of a DVC-tracked dataset folder (``datasets/cfd`` with ``datasets/cfd.dvc`` beside it,
     written by ``dvc add``/``dvc import``); None for the synthetic source or an untracked folder."""
-    dvc_file = Path(f"{str(source).rstrip('/')}.dvc")
-    if not dvc_file.is_file():
-        return None
-    try:
-        tree = yaml.safe_load(dvc_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    outs = tree.get("outs") if isinstance(tree, dict) else None
+    outs = _dvc_yaml(Path(f"{str(source).rstrip('/')}.dvc")).get("outs")
     md5 = outs[0].get("md5") if isinstance(outs, list) and outs and isinstance(outs[0], dict) else None
     return str(md5) if md5 else None
 
