@@ -397,7 +397,7 @@ def test_a_metric_training_does_not_report_names_the_space_keys() -> None:
         metric_value({"val_f1": 0.5, "val_pixel_ap": 0.4}, "val_pixel_AP")
 
 
-def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path) -> None:
+def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path, capsys) -> None:
     import torch
 
     from pipeline.errors import ParamsError
@@ -412,6 +412,9 @@ def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path) 
     assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--epochs", "1",
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
     assert seen["epochs"] == 1  # the space's 4 epochs per trial, shortened from the command line
+    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "-S", "train.epochs=2",
+                     "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
+    assert seen["epochs"] == 4 and "-S train.epochs does not change that; use --epochs" in capsys.readouterr().out
     assert pick_device("cpu") == torch.device("cpu")
     if torch.cuda.device_count() < 2:
         with pytest.raises(DeviceError, match=r"train.device is cuda:1 but this process sees \d CUDA device"):
