@@ -43,6 +43,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.params import Params
+from pipeline.tracking.mlflow_callback import epoch_metrics
 from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
 from pipeline.tracking.setup import resolve_tracking_uri
@@ -154,7 +155,7 @@ class TuneTrialReporter(Callback):
             self.history = []  # no state, or dropped for changed params: the loop starts over
         elif self.history and run is not None:
             for step, metrics in enumerate(self.history, start=1):
-                mlflow.log_metrics(metrics, step=step)
+                mlflow.log_metrics(epoch_metrics(metrics), step=step)
             mlflow.set_tag(TAG_RESUMED, str(len(self.history)))
 
     def report(self, step: int, value: float, metrics: dict[str, float]) -> None:

@@ -74,7 +74,7 @@ def test_dvc_repro_end_to_end_on_synthetic_data(tmp_path):
     version = client.get_model_version_by_alias("crack-segmenter", "candidate")
     run_data = client.get_run(version.run_id).data
     assert run_data.params["train.epochs"] == "2"
-    assert len(client.get_metric_history(version.run_id, "val_f1")) == 2
+    assert len(client.get_metric_history(version.run_id, "val/f1")) == 2
     assert "test_f1" in run_data.metrics and "zero_shot_mean_iou" in run_data.metrics
     assert version.tags["eval.test.f1"] == str(metrics["test"]["f1"])
     assert version.tags["git.commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()

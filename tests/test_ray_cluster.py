@@ -499,8 +499,8 @@ def test_a_cluster_sweep_runs_trials_on_both_nodes(cluster: Cluster, tracking: s
     assert sorted(run.info.run_name for run in runs) == ["trial-0", "trial-1"]
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags[TAG_STATE] == COMPLETE
-        assert run.data.params["model.family"] == family and "val_f1" in run.data.metrics
-        assert [m.step for m in mlflow.MlflowClient(tracking).get_metric_history(run.info.run_id, "val_f1")] == [1]
+        assert run.data.params["model.family"] == family and "val/f1" in run.data.metrics
+        assert [m.step for m in mlflow.MlflowClient(tracking).get_metric_history(run.info.run_id, "val/f1")] == [1]
     assert {run.data.tags[TAG_NODE] for run in runs} == {cluster.head_id, cluster.worker_id}
     # Each node fetched the data (and sam_lite's student) by content hash into its own cache.
     data_key = content_sha256(tiny_prepared)

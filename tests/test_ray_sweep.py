@@ -88,7 +88,7 @@ def test_trials_are_nested_mlflow_runs_with_their_history(ray_sweep) -> None:
         assert child.data.tags["sweep.backend"] == "ray" and child.data.tags["sweep.study"] == "two"
         assert child.info.run_name == f"trial-{child.data.tags['trial.number']}"
         assert "loss.lambda" in child.data.params and child.data.params["train.num_threads"] == "1"
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/f1")] == [1, 2]
 
 
 def test_best_params_files_are_written(ray_sweep) -> None:

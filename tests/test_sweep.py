@@ -169,7 +169,7 @@ def test_mlflow_parent_run_with_nested_trial_runs(real_sweep) -> None:
     assert all(run.info.status == "FAILED" and run.data.tags["trial.fail_reason"] for run in by_state["failed"])
     finished = by_state["complete"][0]
     assert finished.data.params["train.lr"] == "0.0005" and finished.data.params["loss.lambda"] == "0.4"
-    assert "val_f1" in finished.data.metrics
+    assert "val/f1" in finished.data.metrics
     assert parent.info.status == "FINISHED"
     assert parent.data.params["sweep.space"] == "failing" and parent.data.params["sweep.sampler"] == "grid-fraction"
     assert parent.data.params["sweep.pruner"] == "none"
@@ -220,7 +220,7 @@ def test_pruned_trial_stops_early_and_is_not_a_failed_run(in_tmp: Path, tiny_par
     client = mlflow.MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
     child = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert child.data.tags["trial.state"] == "pruned" and child.info.status == "KILLED"
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val/f1")] == [1]
 
 
 def test_pruners_see_the_pruning_metric_and_trials_are_scored_by_the_metric(in_tmp: Path, tiny_params) -> None:
@@ -233,10 +233,10 @@ def test_pruners_see_the_pruning_metric_and_trials_are_scored_by_the_metric(in_t
     client = mlflow.MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
     run_id = trial.user_attrs["mlflow_run_id"]
     history = {name: [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-               for name in ("val_pixel_ap", "val_f1")}
-    assert trial.intermediate_values == {1: pytest.approx(history["val_pixel_ap"][0]),
-                                         2: pytest.approx(history["val_pixel_ap"][1])}
-    assert trial.value == pytest.approx(max(history["val_f1"]))
+               for name in ("val/pixel_ap", "val/f1")}  # MLflow's keys of val_pixel_ap, val_f1
+    assert trial.intermediate_values == {1: pytest.approx(history["val/pixel_ap"][0]),
+                                         2: pytest.approx(history["val/pixel_ap"][1])}
+    assert trial.value == pytest.approx(max(history["val/f1"]))
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.params["sweep.metric"] == "val_f1" and parent.data.params["sweep.prune_metric"] == "val_pixel_ap"
 

@@ -147,8 +147,11 @@ def test_run_records_params_metrics_and_lineage(workspace: Path, tracked: tuple[
     assert run.data.params["train.lr"] == str(params.train.lr)
     assert run.data.params["tuning.lora.targets"] == '["q", "v"]'
     assert run.data.params["data.img_size"] == "64"
-    history = client.get_metric_history(run_id, "val_f1")
+    history = client.get_metric_history(run_id, "val/f1")
     assert sorted(m.step for m in history) == [1, 2]
+    # Per-epoch curves carry a prefix (MLflow's run page draws them first); the summary does not.
+    assert {"train/loss", "train/lr", "val/f1", "val/iou"} <= set(run.data.metrics)
+    assert not {"train_loss", "val_f1", "lr"} & set(run.data.metrics)
     outcome = tracked[0]
     speeds = [e.images_per_second for e in outcome.fit.history]
     assert run.data.metrics["images_per_second"] == pytest.approx(sum(speeds) / len(speeds))
@@ -260,7 +263,7 @@ def test_failed_training_ends_run(workspace: Path, tracked: tuple, error: BaseEx
     assert len(runs) == 1 and runs[0].info.status == status
     assert runs[0].data.tags["crackops.end_reason"].startswith(type(error).__name__)
     if status == "FAILED":
-        assert "val_f1" in runs[0].data.metrics  # what was logged before the failure is kept
+        assert "val/f1" in runs[0].data.metrics  # what was logged before the failure is kept
     assert not (Path(params.train.out_dir) / RUN_FILE).exists()
 
 

@@ -11,8 +11,26 @@ from pipeline.training.callbacks import Callback, EpochResult, FitResult
 logger = logging.getLogger(__name__)
 
 
+def epoch_metric_key(name: str) -> str:
+    """The MLflow key of a per-epoch metric of ``EpochResult.metrics()``: ``train/loss``, ``val/f1``, ...
+
+    MLflow's run page draws each key prefix as its own section of charts above the unprefixed
+    metrics, so the training curves come first and the ~70 single-step evaluation scores
+    (``test_f1``, ...) after them. Elsewhere (DVC plots, sweeps) the flat names stay.
+    """
+    if name.startswith("val_"):
+        return f"val/{name[len('val_'):]}"
+    return f"train/{name[len('train_'):] if name.startswith('train_') else name}"
+
+
+def epoch_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` under their MLflow keys (:func:`epoch_metric_key`)."""
+    return {epoch_metric_key(name): value for name, value in metrics.items()}
+
+
 class MlflowCallback(Callback):
-    """Log ``EpochResult.metrics()`` at ``step = epoch + 1``: one batched call per epoch.
+    """Log ``EpochResult.metrics()`` at ``step = epoch + 1`` under :func:`epoch_metric_key` names:
+    one batched call per epoch.
 
     Logging is asynchronous so a slow or remote tracking server never stalls the loop;
     :meth:`flush` (called at train end, and by tracked training on failure) waits for it.
@@ -24,7 +42,7 @@ class MlflowCallback(Callback):
         self._pending: list[RunOperations] = []
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        operation = mlflow.log_metrics(result.metrics(), step=result.epoch + 1, run_id=self.run_id,
+        operation = mlflow.log_metrics(epoch_metrics(result.metrics()), step=result.epoch + 1, run_id=self.run_id,
                                        synchronous=self.synchronous)
         if operation is not None:
             self._pending.append(operation)
