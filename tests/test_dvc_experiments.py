@@ -108,3 +108,16 @@ def test_plots_diff_draws_each_chart_once_with_both_revisions(experiments):
     out = experiments / "dvc_plots_test"
     run([DVC, "plots", "diff", "HEAD", "low-lr", "-o", str(out)], experiments)
     assert (out / "index.html").is_file()
+
+
+def test_each_experiment_has_an_mlflow_run_named_after_it(experiments):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{experiments / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("crackops").experiment_id])
+    named = {run.data.tags.get("dvc.exp_name"): run for run in runs}
+    assert set(EXPERIMENTS) <= set(named), sorted(map(str, named))
+    for name in EXPERIMENTS:
+        run = named[name]
+        assert run.info.run_name == name and run.data.tags.get("dvc.exp_baseline_rev")
+        assert run.data.tags.get("git.dirty") == "false"  # DVC's own edits of params.yaml and dvc.lock do not count

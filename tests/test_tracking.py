@@ -362,12 +362,15 @@ def test_git_dirty_ignores_what_dvc_itself_edits(tmp_path: Path) -> None:
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
     git("init", "-q")
-    for name in ("params.yaml", "dvc.lock", "train.py"):
+    (tmp_path / "results/plots").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.lock", "train.py", "results/metrics.json", "results/plots/history.csv"):
         (tmp_path / name).write_text("a: 1\n")
     git("add", ".")
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base")
     (tmp_path / "params.yaml").write_text("a: 2\n")  # dvc exp run -S a=2
     (tmp_path / "dvc.lock").write_text("a: 2\n")  # dvc repro
+    (tmp_path / "results/metrics.json").write_text("a: 2\n")  # a stage's git-tracked output, rewritten
+    (tmp_path / "results/plots/history.csv").unlink()  # DVC removes a stage's outputs before running it
     assert git_dirty(tmp_path) is False
     (tmp_path / "train.py").write_text("a: 2\n")
     assert git_dirty(tmp_path) is True

@@ -36,9 +36,10 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return _git("rev-parse", "--verify", "HEAD", cwd=cwd) or None
 
 
-# Written by DVC itself (`dvc exp run -S` edits params.yaml, every repro writes dvc.lock); the
-# run's params record what they say, so they do not make the code differ from its commit.
-NOT_CODE = ("params.yaml", "dvc.lock")
+# Written by DVC itself (`dvc exp run -S` edits params.yaml, every repro writes dvc.lock) or by the
+# pipeline's stages (results/: the git-tracked metrics and plot data DVC compares); the run's
+# params and outputs record what they say, so they do not make the code differ from its commit.
+NOT_CODE = ("params.yaml", "dvc.lock", "results")
 
 
 def git_dirty(cwd: Path | None = None) -> bool:
