@@ -154,11 +154,12 @@ class TrainParams(_Section):
 
 
 class LossParams(_Section):
-    kind: Literal["lambda_bce_dice", "bce_lambda_dice", "dice", "focal"] = "bce_lambda_dice"
+    kind: Literal["lambda_bce_dice", "bce_lambda_dice", "dice", "focal", "sigmoid_focal"] = "bce_lambda_dice"
     lambda_: float = Field(0.65, alias="lambda", ge=0.0)
     dice: Literal["squared", "smooth"] = "squared"
-    focal_alpha: float = Field(3.0, gt=0.0)
-    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: float = Field(3.0, gt=0.0)  # focal: weight of the non-crack term (DeepLabV3 study's Eq. 2)
+    focal_gamma: float = Field(2.0, ge=0.0)  # focal and sigmoid_focal: focusing exponent
+    sigmoid_focal_alpha: float = Field(0.25, ge=0.0, le=1.0)  # sigmoid_focal: torchvision's crack-term weight
 
     @model_validator(mode="after")
     def _lambda_range(self) -> "LossParams":

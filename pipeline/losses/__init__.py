@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.losses.bce_lambda_dice import BceLambdaDiceLoss
 from pipeline.losses.dice import DiceLoss
 from pipeline.losses.factory import DICE_KINDS, LOSS_KINDS, build_dice, build_loss
-from pipeline.losses.focal import BinaryFocalLoss
+from pipeline.losses.focal import BinaryFocalLoss, SigmoidFocalLoss
 from pipeline.losses.lambda_bce_dice import LambdaBceDiceLoss
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "BinaryFocalLoss",
     "DiceLoss",
     "LambdaBceDiceLoss",
+    "SigmoidFocalLoss",
     "build_dice",
     "build_loss",
 ]

@@ -153,7 +153,8 @@ def train_from_params(
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], params.train)
     schedule = LrSchedule(optimizer, params.train, steps_per_epoch=len(train_loader))
     loss = params.loss
-    loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma)
+    loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma,
+                         sigmoid_focal_alpha=loss.sigmoid_focal_alpha)
     work = _work_dir(out_dir, params)
     config = LoopConfig(
         epochs=params.train.epochs, seed=params.train.seed, threshold=params.eval.threshold,
