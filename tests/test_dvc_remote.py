@@ -27,6 +27,7 @@ def test_push_then_pull_in_a_fresh_clone_leaves_nothing_to_reproduce(tmp_path: P
     generate_dataset(project / DATASET, n_images=16, size=64, seed=3)
     run([DVC, "add", "-q", DATASET], project)
     run([DVC, "repro"], project)
+    _check_run_records_the_dataset_version(project)
     remote = tmp_path / "remote"
     run([DVC, "remote", "add", "-d", "shared", str(remote)], project)
     run([*GIT, "add", "-A"], project)  # the dataset's .dvc file, dvc.lock, results/, .dvc/config
@@ -48,3 +49,16 @@ def test_push_then_pull_in_a_fresh_clone_leaves_nothing_to_reproduce(tmp_path: P
     assert "up to date" in status.stdout, status.stdout
     again = run([DVC, "repro"], clone)
     assert ran_stages(again.stdout) == [], again.stdout
+
+
+def _check_run_records_the_dataset_version(project: Path) -> None:
+    """The training run names the DVC version of the dataset: a run tag and its MLflow dataset's tag."""
+    import yaml
+    from mlflow import MlflowClient
+
+    md5 = yaml.safe_load((project / f"{DATASET}.dvc").read_text())["outs"][0]["md5"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("crackops").experiment_id])
+    assert run.data.tags["data.source_dvc_md5"] == md5
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert {tag.key: tag.value for tag in dataset_input.tags}["dvc_md5"] == md5

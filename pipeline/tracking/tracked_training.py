@@ -105,6 +105,9 @@ def _log_inputs(params: Params, digest: str) -> None:
     counts = load_manifest(Path(params.data.prepared_dir)).get("counts", {})
     dataset = mlflow_dataset(params, digest)
     tags = {f"count.{split}": str(n) for split, n in counts.items()}
+    source_md5 = source_dvc_hash(params.data.source)
+    if source_md5:
+        tags["dvc_md5"] = source_md5  # the DVC version of the dataset the prepared data came from
     try:
         mlflow.log_input(dataset, context="training", tags=tags)
     except MlflowException as error:
