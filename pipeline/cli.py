@@ -178,6 +178,19 @@ def _registry_command(name: str) -> Command:
     return run
 
 
+@command("recipe")
+def _recipe(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.recipes import load_recipe
+
+    recipe = load_recipe(args.name)
+    if args.dvc_args:
+        print(recipe.dvc_args(), end="")
+        return
+    print(f"{recipe.title}\n(from {recipe.source})\n\n{recipe.table()}\n")
+    print(f"run it:  crackops train --recipe {recipe.name}   or   "
+          f"crackops recipe {recipe.name} --dvc-args | xargs dvc exp run")
+
+
 # Promotion, lineage, comparison and prediction live in registry/commands.py (handlers and parsers).
 for _name in ("promote", "lineage", "compare", "predict"):
     command(_name)(_registry_command(_name))
@@ -192,6 +205,7 @@ EXAMPLES = {
     "evaluate": "crackops evaluate -S eval.threshold=0.4 -S 'eval.zero_shot=[]'",
     "register": "crackops register --output outputs/register/registered.json",
     "count-params": "crackops count-params -S model.variant=vit_b -S tuning.method=layernorm --json",
+    "recipe": "crackops recipe cracksam --dvc-args | xargs dvc exp run",
     "sweep": "crackops sweep sac-config3 --n-trials 6",
     "promote": "crackops promote --version 7 --dry-run",
     "lineage": "crackops lineage --alias champion --json",
@@ -227,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S train.lr=5e-4 (repeatable)")
+    common.add_argument("--recipe", default=None, metavar="NAME",
+                        help="a paper's settings (pipeline/recipes/NAME.yaml: sac, cracksam, lightweight_sam, "
+                             "deeplabv3), applied before any -S")
     parser = argparse.ArgumentParser(prog="crackops", description="Crack segmentation with SAM: data, training, evaluation.",
                                      epilog="crackops COMMAND --help describes a command, with an example.")
     parser.add_argument("--version", action="version", version=f"crackops {package_version()}")
@@ -244,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--output", default="outputs/register/registered.json", help="where to record the version")
     count = sub.add_parser("count-params", parents=[common], help="trainable and total parameters")
     count.add_argument("--json", action="store_true", help='print {"trainable": N, "total": M}')
+    recipe = sub.add_parser("recipe", parents=[common], help="a paper's settings: its table, or -S lines for dvc exp run")
+    recipe.add_argument("name", help="sac, cracksam, lightweight_sam, deeplabv3 (pipeline/recipes/), or a YAML file")
+    recipe.add_argument("--dvc-args", action="store_true", help="print one '-S key=value' per line (for xargs dvc exp run)")
     sweep = sub.add_parser("sweep", parents=[common], help="hyperparameter sweep over a search space (resumable)")
     sweep.add_argument("space", help="a shipped space (search/spaces/<name>.yaml, e.g. sac-config3) or a YAML file")
     sweep.add_argument("--backend", choices=list(BACKENDS), default="optuna",
@@ -273,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.recipe:
+            from pipeline.recipes import load_recipe
+
+            args.overrides = [*load_recipe(args.recipe).overrides(), *args.overrides]
         params = load_params(args.params, args.overrides)
         return COMMANDS[args.command](params, args) or 0
     except CrackopsError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ class AugmentParams(_Section):
     flip: bool = True
     rotate: bool = True
     color_blur: bool = False
+    crop_size: int | None = Field(None, ge=16)  # deeplabv3: train on random crops of this size
 
 
 class DataParams(_Section):
@@ -144,6 +146,7 @@ class TrainParams(_Section):
     milestones: list[int] = [30, 60]
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     plateau_patience: int = Field(3, ge=0)
+    plateau_metric: Literal["val_f1", "val_loss"] = "val_f1"  # what `plateau` watches (DeepLabV3 study: val_loss)
     early_stopping_patience: int | None = Field(None, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = Field(None, gt=0.0)
@@ -278,6 +281,16 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
+    def _crop_fits_family(self) -> "Params":
+        crop = self.data.augment.crop_size
+        if crop is not None and self.model.family != "deeplabv3":
+            raise ValueError(f"data.augment.crop_size: model.family {self.model.family!r} takes whole "
+                             "data.img_size inputs; random crops need a fully convolutional model (deeplabv3)")
+        if crop is not None and crop > self.data.img_size:
+            raise ValueError(f"data.augment.crop_size {crop} is larger than data.img_size {self.data.img_size}")
+        return self
+
+    @model_validator(mode="after")
     def _tuning_fits_family(self) -> "Params":
         family, method = self.model.family, self.tuning.method
         if family != "sam" and method not in HEAD_FAMILY_METHODS:
@@ -317,6 +330,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as error:
         raise ParamsError(f"override {key}: value {raw!r} is not valid YAML ({error})") from None
     return key, value
+
+
+def format_value(value: Any) -> str:
+    """A value as YAML text that ``-S`` (ours and DVC's) parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        text = repr(value)
+        # YAML 1.1 (PyYAML) reads "1e-05" as a string: the mantissa needs a dot.
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(item) for item in value) + "]"
+    return str(value)
+
+
+def overrides(values: dict[str, Any]) -> list[str]:
+    """``key=value`` per dotted key, shell-quoted where needed (``'tuning.lora.targets=[q,v]'``)."""
+    return [shlex.quote(f"{key}={format_value(value)}") for key, value in values.items()]
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

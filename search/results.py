@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from pipeline.atomic import write_text
-from pipeline.params import set_values
+from pipeline.params import format_value, overrides, set_values
 
 BEST_PARAMS_FILE = "best_params.yaml"
 BEST_OVERRIDES_FILE = "best_overrides.txt"
@@ -59,29 +59,6 @@ class SweepSummary:
     command: str | None = None
     tied: int = 0  # complete trials that all scored ``tied_value`` (no best is named), else 0
     tied_value: float | None = None
-
-
-def format_value(value: Any) -> str:
-    """A value as YAML text that ``-S`` (ours and DVC's) parses back to the same value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        text = repr(value)
-        # YAML 1.1 (PyYAML) reads "1e-05" as a string: the mantissa needs a dot.
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}.0e{exponent}"
-        return text
-    if isinstance(value, list):
-        return "[" + ",".join(format_value(item) for item in value) + "]"
-    return str(value)
-
-
-def overrides(values: dict[str, Any]) -> list[str]:
-    """``key=value`` per dotted key, shell-quoted where needed (``'tuning.lora.targets=[q,v]'``)."""
-    return [shlex.quote(f"{key}={format_value(value)}") for key, value in values.items()]
 
 
 def retrain_command(values: dict[str, Any]) -> str:

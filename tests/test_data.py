@@ -529,6 +529,7 @@ def test_crackforest_prepare_subset(cfd_root: Path, tmp_path: Path) -> None:
 def test_ensure_training_data_prepares_once_and_leaves_zero_shot_sets_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.data import sources
+    from pipeline.errors import ParamsError
     from pipeline.params import load_params
 
     monkeypatch.chdir(tmp_path)
@@ -547,3 +548,19 @@ def test_ensure_training_data_prepares_once_and_leaves_zero_shot_sets_alone(
 
     monkeypatch.setattr(sources, "prepare_dataset", must_not_prepare)
     assert sources.ensure_training_data(params) == manifest
+
+
+def test_random_crop_trains_on_squares_of_crop_size():
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    out = build_train_augmentation(flip=False, rotate=False, seed=0, crop_size=32)(image=image, mask=mask)
+    assert out["image"].shape == (32, 32, 3) and out["mask"].shape == (32, 32)
+
+
+def test_crop_size_is_refused_for_fixed_size_models():
+    from pipeline.errors import ParamsError
+    from pipeline.params import load_params
+
+    assert load_params("missing.yaml", ["model.family=deeplabv3", "data.augment.crop_size=128"]).data.augment.crop_size == 128
+    with pytest.raises(ParamsError, match="crop_size"):
+        load_params("missing.yaml", ["data.augment.crop_size=128"])  # SAM: position tables fix the input size

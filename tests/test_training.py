@@ -129,14 +129,25 @@ def test_plateau_and_multistep_schedules_step_per_epoch(tiny_params):
     schedule = LrSchedule(optimizer, params.train, steps_per_epoch=5)
     schedule.step_iteration()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
-    schedule.step_epoch(0.3)
+    schedule.step_epoch({"f1": 0.3, "loss": 1.0})
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
 
     params = tiny_params("train.schedule=plateau", "train.plateau_patience=0", "train.gamma=0.1", "train.lr=0.01")
     optimizer = build_optimizer(list(layer.parameters()), params.train)
     schedule = LrSchedule(optimizer, params.train, steps_per_epoch=5)
-    schedule.step_epoch(0.5)
-    schedule.step_epoch(0.4)  # no improvement of validation F1: decay
+    schedule.step_epoch({"f1": 0.5, "loss": 1.0})
+    schedule.step_epoch({"f1": 0.4, "loss": 0.5})  # no improvement of validation F1: decay
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+
+    # The DeepLabV3 study watches the validation loss: a lower loss is progress, whatever F1 does.
+    params = tiny_params("train.schedule=plateau", "train.plateau_patience=0", "train.gamma=0.1", "train.lr=0.01",
+                         "train.plateau_metric=val_loss")
+    optimizer = build_optimizer(list(layer.parameters()), params.train)
+    schedule = LrSchedule(optimizer, params.train, steps_per_epoch=5)
+    schedule.step_epoch({"f1": 0.5, "loss": 1.0})
+    schedule.step_epoch({"f1": 0.4, "loss": 0.5})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    schedule.step_epoch({"f1": 0.6, "loss": 0.7})  # F1 rose but the loss did not fall: decay
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
 
 

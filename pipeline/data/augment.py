@@ -13,14 +13,17 @@ def build_train_augmentation(
     rotate: bool = True,
     color_blur: bool = False,
     seed: int | None = None,
+    crop_size: int | None = None,
 ) -> A.Compose:
     """Augmentation for training pairs; masks are resampled nearest-neighbour so they stay binary.
 
     ``color_blur`` adds the colour-and-blur set of the DeepLabV3 crack study (colour jitter,
     brightness/contrast, hue/saturation, Gaussian and motion blur, each with moderate
-    probability). ``seed`` makes the sequence of random draws reproducible.
+    probability). ``seed`` makes the sequence of random draws reproducible. ``crop_size`` trains
+    on a random ``crop_size`` square of each image (the DeepLabV3 study's random crop; fully
+    convolutional models only, validation and test images stay whole).
     """
-    transforms: list[A.BasicTransform] = []
+    transforms: list[A.BasicTransform] = [A.RandomCrop(crop_size, crop_size)] if crop_size else []
     if flip:
         transforms += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if rotate:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from pipeline.metrics import SegmentationMeter
 from pipeline.training.callbacks import Callback, EpochResult, FitResult
 from pipeline.training.checkpointing import cpu_state_dict, load_state, save_state
-from pipeline.training.inference import predict_batches
+from pipeline.training.inference import logit_batches
 from pipeline.training.precision import autocast, autocast_dtype
 from pipeline.training.schedules import LrSchedule
 from pipeline.training.seeding import seed_epoch
@@ -99,10 +99,15 @@ def fit(
         train_seconds = time.perf_counter() - started
 
         meter = SegmentationMeter(threshold=config.threshold, with_tolerance=False)
-        for probs, masks in predict_batches(model, val_loader, device, amp_dtype):
-            meter.update(probs, masks)
-        val = meter.compute()
-        schedule.step_epoch(val["f1"])
+        val_seen, val_loss_sum = 0, 0.0
+        with torch.no_grad():
+            for logits, masks in logit_batches(model, val_loader, device, amp_dtype):
+                # The training loss on held-out data: what the DeepLabV3 study's plateau schedule watches.
+                val_loss_sum += loss_fn(logits, masks.to(device)).item() * masks.shape[0]
+                val_seen += masks.shape[0]
+                meter.update(torch.sigmoid(logits).cpu(), masks)
+        val = {**meter.compute(), "loss": val_loss_sum / max(val_seen, 1)}
+        schedule.step_epoch(val)
 
         is_best = result.best_epoch < 0 or val["f1"] > result.best_f1
         if is_best:

@@ -58,8 +58,8 @@ def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
     # data.train_fraction / data.shots_per_dataset: the seeded few-shot subset (None = every image).
     stems = limited_training_stems(list(manifest["splits"].get("train", [])), data.train_fraction,
                                    data.shots_per_dataset, data.seed, data.dataset_pattern)
-    train_set = CrackDataset(prepared / "train", transform=build_train_augmentation(aug.flip, aug.rotate, aug.color_blur),
-                             stems=stems)
+    train_set = CrackDataset(prepared / "train", transform=build_train_augmentation(
+        aug.flip, aug.rotate, aug.color_blur, crop_size=aug.crop_size), stems=stems)
     val_set = CrackDataset(prepared / "val")
     generator = torch.Generator().manual_seed(params.train.seed)
     common = {"batch_size": params.train.batch_size, "num_workers": params.data.num_workers}

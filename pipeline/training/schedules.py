@@ -48,15 +48,19 @@ class LrSchedule:
         elif self.kind == "multistep":
             self.epoch = MultiStepLR(optimizer, milestones=train.milestones, gamma=train.gamma)
         elif self.kind == "plateau":
-            self.epoch = ReduceLROnPlateau(optimizer, mode="max", factor=train.gamma, patience=train.plateau_patience)
+            # val_f1 should rise, val_loss fall (the DeepLabV3 study: lr x0.1 after 10 epochs without a lower loss).
+            self.watched = train.plateau_metric
+            mode = "min" if self.watched == "val_loss" else "max"
+            self.epoch = ReduceLROnPlateau(optimizer, mode=mode, factor=train.gamma, patience=train.plateau_patience)
 
     def step_iteration(self) -> None:
         if self.iteration is not None:
             self.iteration.step()
 
-    def step_epoch(self, val_f1: float) -> None:
+    def step_epoch(self, val: dict[str, float]) -> None:
+        """After validation; ``val``: the epoch's validation scores (``f1``, ``loss``, ...)."""
         if isinstance(self.epoch, ReduceLROnPlateau):
-            self.epoch.step(val_f1)
+            self.epoch.step(val[self.watched.removeprefix("val_")])
         elif self.epoch is not None:
             self.epoch.step()
 
