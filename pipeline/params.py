@@ -88,6 +88,19 @@ class ModelParams(_Section):
     variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"  # SAM (family sam) only
     checkpoint: str | None = None  # sam: official SAM checkpoint; deeplabv3: torchvision state dict
     student_checkpoint: str | None = "outputs/distill/student.safetensors"  # sam_lite: distilled student
+    # SAM only (pipeline/models/mask_heads.py): SAM's pretrained mask token with a sigmoid, or
+    # CrackSAM's two new class tokens (background, crack) with a 2-class softmax.
+    mask_head: Literal["sam_token", "class_tokens"] = "sam_token"
+    # SAM only: SAM's pixel mean/std (``sam``) or the [0, 1] pixels unnormalised (``none``, CrackSAM).
+    input_norm: Literal["sam", "none"] = "sam"
+
+    @model_validator(mode="after")
+    def _sam_only_settings(self) -> "ModelParams":
+        for key, value, default in (("mask_head", self.mask_head, "sam_token"), ("input_norm", self.input_norm, "sam")):
+            if self.family != "sam" and value != default:
+                raise ValueError(f"model.{key} {value!r} applies to model.family sam only, "
+                                 f"not {self.family!r} (leave it {default!r})")
+        return self
 
 
 LoraTarget = Literal["qkv", "q", "k", "v", "proj", "lin1", "lin2"]
@@ -157,12 +170,14 @@ class TrainParams(_Section):
 
 
 class LossParams(_Section):
-    kind: Literal["lambda_bce_dice", "bce_lambda_dice", "dice", "focal", "sigmoid_focal"] = "bce_lambda_dice"
+    kind: Literal["lambda_bce_dice", "bce_lambda_dice", "dice", "focal", "sigmoid_focal", "ce_class_dice"] = (
+        "bce_lambda_dice")
     lambda_: float = Field(0.65, alias="lambda", ge=0.0)
     dice: Literal["squared", "smooth"] = "squared"
     focal_alpha: float = Field(3.0, gt=0.0)  # focal: weight of the non-crack term (DeepLabV3 study's Eq. 2)
     focal_gamma: float = Field(2.0, ge=0.0)  # focal and sigmoid_focal: focusing exponent
     sigmoid_focal_alpha: float = Field(0.25, ge=0.0, le=1.0)  # sigmoid_focal: torchvision's crack-term weight
+    ce_weight: float = Field(0.2, ge=0.0, le=1.0)  # ce_class_dice: CrackSAM's ce_weight·CE + (1-ce_weight)·Dice
 
     @model_validator(mode="after")
     def _lambda_range(self) -> "LossParams":

@@ -11,6 +11,7 @@ from pipeline.losses import (
     LOSS_KINDS,
     BceLambdaDiceLoss,
     BinaryFocalLoss,
+    CeClassDiceLoss,
     DiceLoss,
     LambdaBceDiceLoss,
     SigmoidFocalLoss,
@@ -90,6 +91,38 @@ def test_bce_lambda_dice_is_bce_plus_weighted_dice() -> None:
         BceLambdaDiceLoss(-0.5, smooth)
 
 
+def test_ce_class_dice_hand_value() -> None:
+    # CE on d is BCE = ln2/2. Crack Dice: Σpt = 1.5, Σp² = 1.5, Σt² = 2 -> 1/7; background
+    # (p = [0, 1, .5, .5], t = [0, 1, 0, 1]) is the mirror image, also 1/7; smoothing 1e-5 is below 1e-5.
+    loss = build_loss("ce_class_dice", lam=0.65, ce_weight=0.2)
+    assert isinstance(loss, CeClassDiceLoss) and loss.ce_weight == 0.2
+    assert loss(LOGITS, TARGET).item() == pytest.approx(0.2 * BCE + 0.8 * (1 / 7), abs=1e-5)
+    with pytest.raises(ValueError, match="ce_weight"):
+        CeClassDiceLoss(ce_weight=1.5)
+
+
+def _cracksam_loss(z: torch.Tensor, label: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """CrackSAM's trainer.calc_loss with its utils.DiceLoss(2), written out from its code."""
+    ce = torch.nn.functional.cross_entropy(z, label)
+    score = torch.softmax(z, dim=1)
+    dice = 0.0
+    for c in range(2):
+        s, t = score[:, c], (label == c).float()
+        dice = dice + 1 - (2 * (s * t).sum() + 1e-5) / ((s * s).sum() + (t * t).sum() + 1e-5)
+    return (1 - dice_weight) * ce + dice_weight * dice / 2
+
+
+def test_ce_class_dice_on_the_crack_logit_is_cracksams_two_class_loss() -> None:
+    # Two class logits (z_bg, z_crack) per pixel; the model returns d = z_crack - z_bg.
+    gen = torch.Generator().manual_seed(3)
+    z = 3 * torch.randn(3, 2, 8, 8, generator=gen)
+    label = (torch.rand(3, 8, 8, generator=gen) > 0.7).long()
+    label[1] = 0  # a crack-free image: batch-wide sums keep its crack Dice from being 1 alone
+    d = (z[:, 1] - z[:, 0]).unsqueeze(1)
+    ours = build_loss("ce_class_dice", lam=0.0, ce_weight=0.2)(d, label.unsqueeze(1).float())
+    assert ours.item() == pytest.approx(_cracksam_loss(z, label, dice_weight=0.8).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("kind", LOSS_KINDS)
 @pytest.mark.parametrize("dice", ["squared", "smooth"])
 def test_extreme_logits_give_finite_loss_and_gradients(kind: str, dice: str) -> None:
@@ -131,6 +164,7 @@ def test_factory_builds_each_kind() -> None:
     focal = build_loss("focal", lam=0.0, focal_alpha=2.0, focal_gamma=1.0)
     assert isinstance(focal, BinaryFocalLoss) and (focal.alpha, focal.gamma) == (2.0, 1.0)
     assert isinstance(build_loss("sigmoid_focal", lam=0.0), SigmoidFocalLoss)
+    assert isinstance(build_loss("ce_class_dice", lam=0.0), CeClassDiceLoss)
 
 
 def test_every_loss_kind_is_a_valid_loss_kind_param() -> None:

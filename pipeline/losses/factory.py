@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from pipeline.losses.bce_lambda_dice import BceLambdaDiceLoss
+from pipeline.losses.ce_class_dice import CeClassDiceLoss
 from pipeline.losses.dice import DiceLoss
 from pipeline.losses.focal import BinaryFocalLoss, SigmoidFocalLoss
 from pipeline.losses.lambda_bce_dice import LambdaBceDiceLoss
@@ -32,6 +33,7 @@ class LossSettings:
     focal_alpha: float
     focal_gamma: float
     sigmoid_focal_alpha: float
+    ce_weight: float
 
 
 # One entry per ``loss.kind``; LOSS_KINDS (and the error for an unknown kind) come from it.
@@ -41,6 +43,7 @@ _LOSS_BUILDERS: dict[str, Callable[[LossSettings], nn.Module]] = {
     "dice": lambda s: build_dice(s.dice),
     "focal": lambda s: BinaryFocalLoss(alpha=s.focal_alpha, gamma=s.focal_gamma),
     "sigmoid_focal": lambda s: SigmoidFocalLoss(alpha=s.sigmoid_focal_alpha, gamma=s.focal_gamma),
+    "ce_class_dice": lambda s: CeClassDiceLoss(ce_weight=s.ce_weight),
 }
 LOSS_KINDS = tuple(_LOSS_BUILDERS)
 
@@ -52,9 +55,10 @@ def build_loss(
     focal_alpha: float = 3.0,
     focal_gamma: float = 2.0,
     sigmoid_focal_alpha: float = 0.25,
+    ce_weight: float = 0.2,
 ) -> nn.Module:
     """Return the loss module for ``kind``; ``lam`` is read only by the BCE+Dice kinds."""
     builder = _LOSS_BUILDERS.get(kind)
     if builder is None:
         raise ValueError(f"unknown loss kind {kind!r}; expected one of {', '.join(LOSS_KINDS)}")
-    return builder(LossSettings(lam, dice, focal_alpha, focal_gamma, sigmoid_focal_alpha))
+    return builder(LossSettings(lam, dice, focal_alpha, focal_gamma, sigmoid_focal_alpha, ce_weight))

@@ -6,17 +6,28 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
+from pipeline.models.mask_heads import MASK_HEADS, MaskHead
+
+# model.input_norm: what the encoder sees. ``sam``: SAM's pixel mean/std on 0-255 pixels, as SAM
+# was pretrained; ``none``: the [0, 1] pixels as they are, as CrackSAM trains (mean 0, std 1).
+INPUT_NORMS = ("sam", "none")
+
 
 class PromptFreeSam(nn.Module):
     """Run SAM without points or boxes, as the SAC and CrackSAM studies do.
 
-    The prompt encoder contributes only its learned "no prompt" embeddings, the mask decoder
-    returns a single mask, and that low-resolution logit map is upsampled to the input size.
+    The prompt encoder contributes only its learned "no prompt" embeddings, the mask decoder's
+    output becomes one crack logit map through ``head`` (``model.mask_head``), and that
+    low-resolution map is upsampled to the input size.
     """
 
-    def __init__(self, sam: Sam) -> None:
+    def __init__(self, sam: Sam, head: MaskHead = MASK_HEADS["sam_token"], input_norm: str = "sam") -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown model.input_norm {input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
         self.sam = sam
+        self.head = head
+        self.input_norm = input_norm
 
     @property
     def img_size(self) -> int:
@@ -27,20 +38,23 @@ class PromptFreeSam(nn.Module):
         size = images.shape[-2:]
         if tuple(size) != (self.img_size, self.img_size):
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {tuple(size)}")
-        pixels = (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
+        if self.input_norm == "sam":
+            pixels = (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
+        else:
+            pixels = images
         embeddings = self.sam.image_encoder(pixels)
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
         image_pe = self.sam.prompt_encoder.get_dense_pe()
         # The decoder repeats image embeddings once per prompt, so a batch of images goes one at a time.
         low_res = torch.cat(
             [
-                self.sam.mask_decoder(
+                self.head.logits(
+                    self.sam.mask_decoder,
                     image_embeddings=embedding.unsqueeze(0),
                     image_pe=image_pe,
                     sparse_prompt_embeddings=sparse,
                     dense_prompt_embeddings=dense,
-                    multimask_output=False,
-                )[0]
+                )
                 for embedding in embeddings
             ]
         )

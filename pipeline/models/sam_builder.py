@@ -12,12 +12,13 @@ PATCH_SIZE = 16
 PROMPT_EMBED_DIM = 256
 
 
-def build_sam(variant: str, img_size: int = 1024) -> Sam:
+def build_sam(variant: str, img_size: int = 1024, num_multimask_outputs: int = 3) -> Sam:
     """Randomly initialised SAM ``variant`` for square inputs of ``img_size`` pixels.
 
     Mirrors ``segment_anything.build_sam._build_sam`` except that the input size is a parameter,
     so that 256x256 training (SAC) gets position embeddings of the right size instead of
-    padding every image to 1024.
+    padding every image to 1024, and so is the decoder's number of mask tokens (minus one), which
+    ``model.mask_head`` sets: 3 for SAM's own, 1 for CrackSAM's two class tokens.
     """
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {sorted(SAM_VARIANTS)}")
@@ -47,7 +48,7 @@ def build_sam(variant: str, img_size: int = 1024) -> Sam:
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
+            num_multimask_outputs=num_multimask_outputs,
             transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
             transformer_dim=PROMPT_EMBED_DIM,
             iou_head_depth=3,

@@ -68,10 +68,19 @@ def resize_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Te
     return resized
 
 
-def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str) -> Sam:
-    """Load an official checkpoint into ``sam`` (built for any input size); errors name the bad keys."""
-    state = resize_state_dict(read_state_dict(path, variant), sam.state_dict())
-    expected = sam.state_dict()
+def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str, fresh_prefixes: tuple[str, ...] = ()) -> Sam:
+    """Load an official checkpoint into ``sam`` (built for any input size); errors name the bad keys.
+
+    Keys starting with one of ``fresh_prefixes`` are left out on both sides and keep ``sam``'s
+    random initialisation: ``model.mask_head: class_tokens`` replaces SAM's mask tokens, their
+    hypernetwork MLPs and the IoU head (as CrackSAM's ``load_from`` does), so the checkpoint's
+    versions of those are neither unexpected keys nor shape mismatches. Every other key must fit.
+    """
+    def kept(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if not k.startswith(fresh_prefixes)}
+
+    expected = kept(sam.state_dict())
+    state = resize_state_dict(kept(read_state_dict(path, variant)), expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -81,5 +90,6 @@ def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str) -> Sam:
             if keys:
                 details.append(f"{label}: {', '.join(keys[:5])}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
         raise CheckpointError(f"{path} does not fit SAM {variant}: " + "; ".join(details))
-    sam.load_state_dict(state)
+    # strict=False only lets the fresh keys keep their initialisation: every other key was checked above.
+    sam.load_state_dict(state, strict=False)
     return sam

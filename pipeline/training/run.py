@@ -154,7 +154,7 @@ def train_from_params(
     schedule = LrSchedule(optimizer, params.train, steps_per_epoch=len(train_loader))
     loss = params.loss
     loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma,
-                         sigmoid_focal_alpha=loss.sigmoid_focal_alpha)
+                         sigmoid_focal_alpha=loss.sigmoid_focal_alpha, ce_weight=loss.ce_weight)
     work = _work_dir(out_dir, params)
     config = LoopConfig(
         epochs=params.train.epochs, seed=params.train.seed, threshold=params.eval.threshold,
