@@ -91,15 +91,19 @@ class ModelParams(_Section):
     # SAM only (pipeline/models/mask_heads.py): SAM's pretrained mask token with a sigmoid, or
     # CrackSAM's two new class tokens (background, crack) with a 2-class softmax.
     mask_head: Literal["sam_token", "class_tokens"] = "sam_token"
-    # SAM only: SAM's pixel mean/std (``sam``) or the [0, 1] pixels unnormalised (``none``, CrackSAM).
-    input_norm: Literal["sam", "none"] = "sam"
+    # What the network sees: the family's own pixel normalisation (``family``: SAM's mean/std for
+    # sam, ImageNet's for deeplabv3) or the [0, 1] pixels as they are (``none``: CrackSAM's code,
+    # the DeepLabV3 study). sam_lite keeps ``family``: its student mimics a SAM teacher's input.
+    input_norm: Literal["family", "none"] = "family"
 
     @model_validator(mode="after")
-    def _sam_only_settings(self) -> "ModelParams":
-        for key, value, default in (("mask_head", self.mask_head, "sam_token"), ("input_norm", self.input_norm, "sam")):
-            if self.family != "sam" and value != default:
-                raise ValueError(f"model.{key} {value!r} applies to model.family sam only, "
-                                 f"not {self.family!r} (leave it {default!r})")
+    def _settings_fit_family(self) -> "ModelParams":
+        if self.family != "sam" and self.mask_head != "sam_token":
+            raise ValueError(f"model.mask_head {self.mask_head!r} applies to model.family sam only, "
+                             f"not {self.family!r} (leave it 'sam_token')")
+        if self.family == "sam_lite" and self.input_norm != "family":
+            raise ValueError("model.input_norm 'none' does not apply to model.family sam_lite: its student "
+                             "is distilled from a SAM teacher that sees SAM's normalisation (leave it 'family')")
         return self
 
 

@@ -94,7 +94,7 @@ def test_class_tokens_and_their_mlps_train_and_the_unused_iou_head_gets_no_gradi
     assert all(p.grad is None for p in decoder.iou_prediction_head.parameters())
 
 
-@pytest.mark.parametrize("norm", ["sam", "none"])
+@pytest.mark.parametrize("norm", ["family", "none"])
 def test_input_norm_sets_what_the_encoder_sees(norm: str) -> None:
     model = tiny(f"model.input_norm={norm}")
     seen = []
@@ -106,10 +106,26 @@ def test_input_norm_sets_what_the_encoder_sees(norm: str) -> None:
     assert torch.equal(seen[0], expected)
 
 
-@pytest.mark.parametrize("key, value", [("mask_head", "class_tokens"), ("input_norm", "none")])
-def test_head_and_input_norm_are_sam_only(key: str, value: str) -> None:
-    with pytest.raises(ParamsError, match=f"model.{key} '{value}' applies to model.family sam only"):
-        load_params("missing.yaml", ["model.family=sam_lite", f"model.{key}={value}"])
+def test_class_tokens_are_sam_only_and_sam_lite_keeps_its_normalisation() -> None:
+    with pytest.raises(ParamsError, match="model.mask_head 'class_tokens' applies to model.family sam only"):
+        load_params("missing.yaml", ["model.family=deeplabv3", "model.mask_head=class_tokens"])
+    with pytest.raises(ParamsError, match="model.input_norm 'none' does not apply to model.family sam_lite"):
+        load_params("missing.yaml", ["model.family=sam_lite", "model.input_norm=none"])
+
+
+@pytest.mark.parametrize("norm", ["family", "none"])
+def test_deeplab_input_norm_is_imagenet_or_none(norm: str) -> None:
+    from pipeline.models.factory import build_model
+
+    model = build_model(load_params("missing.yaml", ["model.family=deeplabv3", f"model.input_norm={norm}"]))
+    seen = []
+    model.net.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    images = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    expected = images if norm == "none" else (images - model.mean) / model.std
+    assert torch.equal(seen[0], expected)
 
 
 def test_official_checkpoint_loads_into_class_tokens_except_the_replaced_modules(tmp_path) -> None:
@@ -180,5 +196,5 @@ def test_methods_compare_non_sam_presets_reset_the_sam_only_settings() -> None:
     base = {"model": {"mask_head": "class_tokens", "input_norm": "none"}}
     for preset in ("sam_lite", "deeplabv3"):
         model = space.trial_params(base, {"preset": preset, "loss.focal_gamma": 2.0}).model
-        assert (model.mask_head, model.input_norm) == ("sam_token", "sam"), preset
+        assert (model.mask_head, model.input_norm) == ("sam_token", "family"), preset
     assert space.trial_params(base, {"preset": "sam-lora"}).model.mask_head == "class_tokens"

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from pipeline.errors import ParamsError
 from pipeline.params import flatten, load_params, parse_override, read_params_file, set_values, validate
+from pipeline.recipes import load_recipe
 
 hydra = pytest.importorskip("dvc.utils.hydra", reason="DVC is not installed")
 
@@ -51,10 +52,16 @@ def _readme_exp_runs() -> list[list[str]]:
     commands = []
     for line in text.splitlines():
         line = line.strip()
-        if not line.startswith("dvc exp run") or "$(" in line:
+        is_recipe = line.startswith("crackops recipe") and "xargs dvc exp run" in line
+        if "$(" in line or not (line.startswith("dvc exp run") or is_recipe):
             continue
         words = shlex.split(line, comments=True)
-        commands.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
+        if line.startswith("dvc exp run"):
+            commands.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
+        else:
+            # `crackops recipe NAME --dvc-args | xargs dvc exp run -S ...`: the recipe's, then the line's.
+            recipe = load_recipe(words[2]).overrides()
+            commands.append(recipe + [words[i + 1] for i, word in enumerate(words) if word == "-S"])
     return [command for command in commands if command]
 
 
@@ -80,7 +87,7 @@ def params_copy(tmp_path) -> Path:
 
 def test_readme_has_exp_run_examples():
     commands = _readme_exp_runs()
-    assert len(commands) >= 6
+    assert len(commands) >= 6  # the README's own commands and its recipes' (crackops recipe ... | xargs dvc exp run)
     assert ["data.source=datasets/cfd", "eval.zero_shot=[]"] in commands
 
 
@@ -144,6 +151,7 @@ NULL_KEYS_SET_TO = {
     "train.early_stopping_patience": 3, "train.grad_clip": 1.0, "train.num_threads": 2,
     "distill.teacher_checkpoint": "checkpoints/sam_vit_h_4b8939.pth", "distill.teacher_img_size": 1024,
     "distill.images": "datasets/distill-images", "mlflow.tracking_uri": "sqlite:///other.db",
+    "data.augment.crop_size": 256,
 }
 
 

@@ -1,4 +1,5 @@
-"""DeepLabV3-ResNet101 with one crack logit (the DeepLabV3 focal-loss study), ImageNet-normalised inside."""
+"""DeepLabV3-ResNet101 with one crack logit (the DeepLabV3 focal-loss study), ImageNet-normalised inside
+(or not: ``model.input_norm: none``, as the study trains)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,11 @@ AUX_PREFIX = "aux_classifier."
 class DeepLabV3Segmenter(nn.Module):
     """Images (B, 3, S, S) in [0, 1] -> crack logits (B, 1, S, S)."""
 
-    def __init__(self, net: DeepLabV3) -> None:
+    def __init__(self, net: DeepLabV3, normalise: bool = True) -> None:
         super().__init__()
         self.net = net
+        # ImageNet's mean/std (model.input_norm family) or the [0, 1] pixels (none: the DeepLabV3 study).
+        self.normalise = normalise
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -36,7 +39,7 @@ class DeepLabV3Segmenter(nn.Module):
             # ASPP's image-pooling branch batch-normalises a 1x1 map: one image has no batch statistics.
             raise ValueError("DeepLabV3 cannot train on a batch of one image (ASPP pooling uses BatchNorm); "
                              "use train.batch_size >= 2 and at least 2 training images")
-        return self.net((images - self.mean) / self.std)["out"]
+        return self.net((images - self.mean) / self.std if self.normalise else images)["out"]
 
     def train(self, mode: bool = True) -> "DeepLabV3Segmenter":
         super().train(mode)
@@ -102,5 +105,5 @@ def build_deeplabv3(params: Params, load_weights: bool = True) -> DeepLabV3Segme
     net = deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
     if load_weights and params.model.checkpoint:
         load_deeplab_checkpoint(net, params.model.checkpoint)
-    model = DeepLabV3Segmenter(net)
+    model = DeepLabV3Segmenter(net, normalise=params.model.input_norm == "family")
     return apply_head_tuning(model, model.head, params.tuning.method, params.model.family)

@@ -8,9 +8,9 @@ from torch import nn
 
 from pipeline.models.mask_heads import MASK_HEADS, MaskHead
 
-# model.input_norm: what the encoder sees. ``sam``: SAM's pixel mean/std on 0-255 pixels, as SAM
-# was pretrained; ``none``: the [0, 1] pixels as they are, as CrackSAM trains (mean 0, std 1).
-INPUT_NORMS = ("sam", "none")
+# model.input_norm: what the encoder sees. ``family``: SAM's pixel mean/std on 0-255 pixels, as
+# SAM was pretrained; ``none``: the [0, 1] pixels as they are, as CrackSAM trains (mean 0, std 1).
+INPUT_NORMS = ("family", "none")
 
 
 class PromptFreeSam(nn.Module):
@@ -21,7 +21,7 @@ class PromptFreeSam(nn.Module):
     low-resolution map is upsampled to the input size.
     """
 
-    def __init__(self, sam: Sam, head: MaskHead = MASK_HEADS["sam_token"], input_norm: str = "sam") -> None:
+    def __init__(self, sam: Sam, head: MaskHead = MASK_HEADS["sam_token"], input_norm: str = "family") -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown model.input_norm {input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
@@ -38,7 +38,7 @@ class PromptFreeSam(nn.Module):
         size = images.shape[-2:]
         if tuple(size) != (self.img_size, self.img_size):
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {tuple(size)}")
-        if self.input_norm == "sam":
+        if self.input_norm == "family":
             pixels = (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
         else:
             pixels = images
