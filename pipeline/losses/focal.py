@@ -36,7 +36,21 @@ def _focal_weighted_mean(
     return (weight * pixel_loss).sum() / weight.sum().clamp_min(1.0)
 
 
-class BinaryFocalLoss(nn.Module):
+class _FocalLoss(nn.Module):
+    """What both focal losses share: a class weight ``alpha`` (each defines its range) and ``gamma``."""
+
+    def __init__(self, alpha: float, gamma: float) -> None:
+        super().__init__()
+        if gamma < 0.0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}"
+
+
+class BinaryFocalLoss(_FocalLoss):
     """The DeepLabV3 crack study's binary focal loss (its Eq. 2), ``ŷ = sigmoid(logits)``::
 
         L = Σ_crack (1−ŷ)^γ·(−log ŷ) / Σ_crack (1−ŷ)^γ
@@ -57,13 +71,9 @@ class BinaryFocalLoss(nn.Module):
     """
 
     def __init__(self, alpha: float = 3.0, gamma: float = 2.0) -> None:
-        super().__init__()
         if alpha < 0.0:
             raise ValueError(f"focal alpha must be >= 0, got {alpha}")
-        if gamma < 0.0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
+        super().__init__(alpha, gamma)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_shapes(logits, target)
@@ -75,11 +85,8 @@ class BinaryFocalLoss(nn.Module):
         non_crack_term = _focal_weighted_mean(~crack, self.gamma * log_p, -log_1mp)
         return crack_term + self.alpha * non_crack_term
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}"
 
-
-class SigmoidFocalLoss(nn.Module):
+class SigmoidFocalLoss(_FocalLoss):
     """torchvision's ``sigmoid_focal_loss`` (RetinaNet), mean over pixels, ``p = sigmoid(logits)``::
 
         FL = −[ α·t·(1−p)^γ·log p  +  (1−α)·(1−t)·p^γ·log(1−p) ]
@@ -91,13 +98,9 @@ class SigmoidFocalLoss(nn.Module):
     """
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0) -> None:
-        super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"sigmoid focal alpha must be in [0, 1], got {alpha}")
-        if gamma < 0.0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
+        super().__init__(alpha, gamma)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_shapes(logits, target)
@@ -109,6 +112,3 @@ class SigmoidFocalLoss(nn.Module):
         pos = self.alpha * t * torch.exp(self.gamma * log_1mp) * log_p
         neg = (1.0 - self.alpha) * (1.0 - t) * torch.exp(self.gamma * log_p) * log_1mp
         return -(pos + neg).mean()
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}"
