@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 MODELS = {
     "sam_vit_b": ["model.family=sam", "model.variant=vit_b"],
-    "sam_lite": ["model.family=sam_lite", "model.student_checkpoint=null"],
+    "sam_lite": ["model.family=sam_lite", "model.student_checkpoint=null"],  # model.student_stride's default
+    "sam_lite_stride32": ["model.family=sam_lite", "model.student_checkpoint=null", "model.student_stride=32"],
     "deeplabv3": ["model.family=deeplabv3"],
 }
 MAX_RUNS = 50

@@ -83,11 +83,19 @@ MODEL_FAMILIES = ("sam", "sam_lite", "deeplabv3")
 HEAD_FAMILY_METHODS = ("full", "decoder")
 
 
+# model.student_stride of everything saved before the key existed: weights fit either stride, so
+# loaders must not assume today's default for an old sam_lite student or model.
+LEGACY_STUDENT_STRIDE = 32
+
+
 class ModelParams(_Section):
     family: Literal["sam", "sam_lite", "deeplabv3"] = "sam"
     variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"  # SAM (family sam) only
     checkpoint: str | None = None  # sam: official SAM checkpoint; deeplabv3: torchvision state dict
     student_checkpoint: str | None = "outputs/distill/student.safetensors"  # sam_lite: distilled student
+    # sam_lite: TinyViT's output stride. 16 is MobileSAM's student (last stage not downsampled: SAM's
+    # grid, no resampling when data.img_size is the teacher's); 32 is timm's TinyViT as published.
+    student_stride: Literal[16, 32] = 16
     # SAM only (pipeline/models/mask_heads.py): SAM's pretrained mask token with a sigmoid, or
     # CrackSAM's two new class tokens (background, crack) with a 2-class softmax.
     mask_head: Literal["sam_token", "class_tokens"] = "sam_token"

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pipeline.cli import main
 from pipeline.distill import embed as embed_module
@@ -20,6 +21,7 @@ from pipeline.distill.teacher import SamTeacher
 from pipeline.errors import CheckpointError
 from pipeline.models.factory import build_model
 from pipeline.models.sam_builder import build_sam
+from pipeline.models.sam_lite import SamLiteStudent
 from pipeline.models.sam_lite.model import PLACEHOLDER_KEY
 from pipeline.params import load_params
 
@@ -155,12 +157,41 @@ def test_distill_trains_from_stored_embeddings_only(lite, tmp_path, monkeypatch,
     assert len(metrics["history"]) == 2 and metrics["images"] == n_train(Path(params.data.prepared_dir))
     assert all(torch.isfinite(torch.tensor(metrics["history"])))
     with safe_open(str(path), framework="pt") as handle:
-        assert handle.metadata()["embedding_grid"] == "4"
+        metadata = handle.metadata()
         stored = handle.get_tensor("neck.0.weight")
+    # stride 16 (the default, MobileSAM's): the student's own grid is the teacher's, 4x4 at 64 px
+    assert (metadata["student_stride"], metadata["native_grid"], metadata["embedding_grid"]) == ("16", "4", "4")
 
     # train with family sam_lite starts from exactly these student weights
     model = build_model(lite(f"model.student_checkpoint={path}"))
     assert torch.equal(model.student.neck[0].weight.detach(), stored)
+    # the same weights fit stride 32, so only the recorded stride stops them loading there
+    with pytest.raises(CheckpointError, match="distilled with model.student_stride 16, but the params ask for 32"):
+        build_model(lite(f"model.student_checkpoint={path}", "model.student_stride=32"))
+
+
+def test_distill_at_stride_32_records_it_and_resamples_to_the_teacher_grid(lite):
+    params = lite("model.student_stride=32")
+    embed_from_params(params, progress=False)
+    report = distill_from_params(params, progress=False)
+    assert len(report.history) == 1 and torch.isfinite(torch.tensor(report.history)).all()
+    with safe_open(str(report.student_path), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["student_stride"], metadata["native_grid"], metadata["embedding_grid"]) == ("32", "2", "4")
+    assert build_model(lite(f"model.student_checkpoint={report.student_path}", "model.student_stride=32"))
+    with pytest.raises(CheckpointError, match="model.student_stride 32"):
+        build_model(lite(f"model.student_checkpoint={report.student_path}"))
+
+
+def test_student_distilled_before_student_stride_loads_at_stride_32_only(lite, tmp_path):
+    torch.manual_seed(0)
+    state = SamLiteStudent(64, stride=32).state_dict()
+    path = tmp_path / "old_student.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"timm_model": "tiny_vit_5m_224"})
+    model = build_model(lite(f"model.student_checkpoint={path}", "model.student_stride=32"))
+    assert torch.equal(model.student.neck[0].weight.detach(), state["neck.0.weight"])
+    with pytest.raises(CheckpointError, match="model.student_stride 32, but the params ask for 16"):
+        build_model(lite(f"model.student_checkpoint={path}"))
 
 
 def test_distill_refuses_missing_or_stale_embeddings(lite, prepared_copy):

@@ -19,7 +19,7 @@ from pipeline.models.deeplab import build_deeplabv3, load_deeplab_checkpoint
 from pipeline.models.factory import build_model, model_label
 from pipeline.models.head_tuning import apply_head_tuning
 from pipeline.models.sam_lite import CrackHead, MultiScaleConv, SamLiteStudent
-from pipeline.models.trained import load_trained_model
+from pipeline.models.trained import PARAMS_FILE, load_trained_model, save_trained_model
 from pipeline.params import load_params
 from pipeline.training.run import SUBSET_FILE, build_loaders, train_from_params
 from pipeline.tuning import count_parameters
@@ -68,6 +68,72 @@ def test_student_gives_sam_shaped_embeddings_on_the_teacher_grid():
     assert SamLiteStudent(64, embed_grid=16)(images).shape == (2, 256, 16, 16)  # teacher ran at 256
     with pytest.raises(ValueError, match="64x64"):
         student(torch.rand(1, 3, 128, 128))
+
+
+def _neck_grids(student: SamLiteStudent, images: torch.Tensor) -> tuple[int, int]:
+    """(native grid out of the neck, grid returned): the two differ only where it resamples."""
+    seen: list[tuple[int, ...]] = []
+    hook = student.neck.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape[-2:])))
+    try:
+        out = student(images)
+    finally:
+        hook.remove()
+    assert seen[0][0] == seen[0][1] and out.shape[-2] == out.shape[-1]
+    return seen[0][0], out.shape[-1]
+
+
+def test_student_stride_16_is_mobilesams_tinyvit_on_sams_grid_without_resampling():
+    images = torch.rand(1, 3, 64, 64)
+    lite16, lite32 = SamLiteStudent(64, stride=16), SamLiteStudent(64, stride=32)
+    assert (lite16.native_grid, lite32.native_grid) == (4, 2)
+    assert _neck_grids(lite16, images) == (4, 4)  # SAM's grid at 64 px, nothing resampled
+    assert _neck_grids(lite32, images) == (2, 4)  # timm's stride 32, resampled x2
+    assert _neck_grids(SamLiteStudent(64, embed_grid=16, stride=16), images) == (4, 16)  # teacher at 256
+    # the last stage, twice the resolution at stride 16, still runs its 7x7 windows (padded 4 -> 7)
+    assert lite16.stages[-1].downsample.conv2.conv.stride == (1, 1)
+    assert lite32.stages[-1].downsample.conv2.conv.stride == (2, 2)
+    with pytest.raises(ValueError, match="model.student_stride"):
+        SamLiteStudent(64, stride=8)
+
+
+def test_student_stride_changes_no_weight():
+    lite16, lite32 = SamLiteStudent(64, stride=16).state_dict(), SamLiteStudent(64, stride=32).state_dict()
+    assert {k: v.shape for k, v in lite16.items()} == {k: v.shape for k, v in lite32.items()}
+    assert count_parameters(SamLiteStudent(64, stride=16)).total == SAM_LITE_TOTAL - SAM_LITE_HEAD
+
+
+def test_student_stride_is_validated_and_params_yaml_sets_mobilesams():
+    assert load_params("params.yaml").model.student_stride == 16
+    with pytest.raises(ParamsError, match="model.student_stride: Input should be 16 or 32"):
+        params_for("model.student_stride=24")
+
+
+@pytest.mark.parametrize("stride", [16, 32])
+def test_sam_lite_save_load_round_trip_keeps_the_stride(stride, tmp_path):
+    params = params_for("model.family=sam_lite", "model.student_checkpoint=null", f"model.student_stride={stride}")
+    torch.manual_seed(0)
+    model = build_model(params).eval()
+    save_trained_model(model, params, tmp_path)
+    loaded, loaded_params = load_trained_model(tmp_path)
+    assert loaded_params.model.student_stride == loaded.student.stride == stride
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model(images), atol=1e-5)
+
+
+def test_sam_lite_model_saved_before_student_stride_reloads_at_stride_32(tmp_path):
+    params = params_for("model.family=sam_lite", "model.student_checkpoint=null", "model.student_stride=32")
+    torch.manual_seed(0)
+    model = build_model(params).eval()
+    save_trained_model(model, params, tmp_path)
+    tree = yaml.safe_load((tmp_path / PARAMS_FILE).read_text())
+    del tree["model"]["student_stride"]  # as every sam_lite model saved before the key existed
+    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(tree))
+    loaded, loaded_params = load_trained_model(tmp_path)
+    assert loaded_params.model.student_stride == 32
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model(images), atol=1e-5)
 
 
 def test_count_params_sam_lite_matches_the_study(capsys):

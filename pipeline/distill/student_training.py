@@ -18,8 +18,8 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.distill.embed import embeddings_dir
 from pipeline.distill.images import file_sha256, load_resized
 from pipeline.distill.store import SKIPPED_REASON, EmbeddingStoreError, ShardReader, load_active_index
-from pipeline.models.sam_lite.model import PLACEHOLDER_KEY, embedding_grid
-from pipeline.models.sam_lite.student import TIMM_MODEL, SamLiteStudent
+from pipeline.models.sam_lite.model import PLACEHOLDER_KEY, STRIDE_KEY, build_student, embedding_grid
+from pipeline.models.sam_lite.student import TIMM_MODEL
 from pipeline.params import Params
 from pipeline.training.precision import pick_device
 from pipeline.training.seeding import seed_everything
@@ -91,7 +91,7 @@ def distill_from_params(params: Params, progress: bool = True) -> DistillReport:
     _check_current(index, params)
     seed_everything(distill.seed)
     device = pick_device()
-    student = SamLiteStudent(params.data.img_size, embedding_grid(params)).to(device).train()
+    student = build_student(params).to(device).train()
     dataset = EmbeddingPairs(index["entries"], folder, params.data.img_size)
     loader = DataLoader(dataset, batch_size=distill.batch_size, shuffle=True, num_workers=params.data.num_workers,
                         generator=torch.Generator().manual_seed(distill.seed))
@@ -118,8 +118,10 @@ def distill_from_params(params: Params, progress: bool = True) -> DistillReport:
 
     path = student_path(params)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in student.state_dict().items()}
-    metadata = {"timm_model": TIMM_MODEL, "img_size": str(params.data.img_size),
-                "embedding_grid": str(embedding_grid(params)), "teacher": json.dumps(index["teacher"], sort_keys=True)}
+    # The stride is recorded because the weights fit either one (see load_student_weights).
+    metadata = {"timm_model": TIMM_MODEL, "img_size": str(params.data.img_size), STRIDE_KEY: str(student.stride),
+                "native_grid": str(student.native_grid), "embedding_grid": str(embedding_grid(params)),
+                "teacher": json.dumps(index["teacher"], sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     write_json(path.parent / METRICS_FILE, {

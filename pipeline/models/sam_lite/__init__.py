@@ -4,8 +4,10 @@ from __future__ import annotations
 from pipeline.models.sam_lite.crack_head import CrackHead, MultiScaleConv
 from pipeline.models.sam_lite.model import (
     PLACEHOLDER_KEY,
+    STRIDE_KEY,
     SamLiteSegmenter,
     build_sam_lite,
+    build_student,
     embedding_grid,
     load_student_weights,
 )
@@ -13,11 +15,13 @@ from pipeline.models.sam_lite.student import SamLiteStudent
 
 __all__ = [
     "PLACEHOLDER_KEY",
+    "STRIDE_KEY",
     "CrackHead",
     "MultiScaleConv",
     "SamLiteSegmenter",
     "SamLiteStudent",
     "build_sam_lite",
+    "build_student",
     "embedding_grid",
     "load_student_weights",
 ]

@@ -12,10 +12,13 @@ from pipeline.errors import CheckpointError
 from pipeline.models.head_tuning import apply_head_tuning, freeze_frozen_batchnorm
 from pipeline.models.sam_lite.crack_head import CrackHead
 from pipeline.models.sam_lite.student import SAM_PATCH, SamLiteStudent
-from pipeline.params import Params
+from pipeline.params import LEGACY_STUDENT_STRIDE, Params
 
 # Metadata key of the stand-in file the distill stage writes when model.family is not sam_lite.
 PLACEHOLDER_KEY = "crackops.placeholder"
+# Metadata key of a distilled student's output stride. Strides 16 and 32 have the same weights, so
+# only this tells them apart; students written before it existed ran at LEGACY_STUDENT_STRIDE.
+STRIDE_KEY = "student_stride"
 DISTILL_HINT = ("run `crackops embed -S model.family=sam_lite` then `crackops distill -S model.family=sam_lite` "
                 "(or `dvc repro` with model.family: sam_lite), or set model.student_checkpoint: null to "
                 "start from a random student")
@@ -53,8 +56,17 @@ def embedding_grid(params: Params) -> int:
     return teacher_img_size(params) // SAM_PATCH
 
 
+def build_student(params: Params) -> SamLiteStudent:
+    """The student the params describe: ``data.img_size`` in, the teacher's grid out."""
+    return SamLiteStudent(params.data.img_size, embedding_grid(params), params.model.student_stride)
+
+
 def load_student_weights(student: SamLiteStudent, path: str | Path) -> SamLiteStudent:
-    """Load a distilled student (``crackops distill`` output); errors say how to produce one."""
+    """Load a distilled student (``crackops distill`` output); errors say how to produce one.
+
+    The stride recorded with the weights must be the student's: the weights fit either stride, so
+    a mismatch would load silently and give embeddings the student was never trained to produce.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"distilled student not found: {path}; {DISTILL_HINT}")
@@ -67,6 +79,13 @@ def load_student_weights(student: SamLiteStudent, path: str | Path) -> SamLiteSt
     if PLACEHOLDER_KEY in metadata:
         raise CheckpointError(f"{path} is a placeholder ({metadata[PLACEHOLDER_KEY]}), not a distilled student; "
                               f"{DISTILL_HINT}")
+    try:
+        stride = int(metadata.get(STRIDE_KEY, LEGACY_STUDENT_STRIDE))
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata {STRIDE_KEY}={metadata[STRIDE_KEY]!r} is not a stride") from None
+    if stride != student.stride:
+        raise CheckpointError(f"{path} was distilled with model.student_stride {stride}, but the params ask for "
+                              f"{student.stride}: set model.student_stride: {stride} or distill again")
     expected = student.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -80,7 +99,7 @@ def load_student_weights(student: SamLiteStudent, path: str | Path) -> SamLiteSt
 
 def build_sam_lite(params: Params, load_weights: bool = True) -> SamLiteSegmenter:
     """The sam_lite segmenter; ``load_weights`` loads ``model.student_checkpoint`` when set."""
-    student = SamLiteStudent(params.data.img_size, embedding_grid(params))
+    student = build_student(params)
     if load_weights and params.model.student_checkpoint:
         load_student_weights(student, params.model.student_checkpoint)
     model = SamLiteSegmenter(student, CrackHead())
