@@ -437,14 +437,14 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.models.sam_lite.model import embedding_grid
-    from pipeline.models.sam_lite.student import SamLiteStudent
+    from pipeline.models.sam_lite.model import STRIDE_KEY, build_student
 
     torch.manual_seed(0)
     params = load_params("missing.yaml", ["data.img_size=64", "model.family=sam_lite"])
-    model = SamLiteStudent(64, embedding_grid(params))
+    model = build_student(params)
     path = tmp_path_factory.mktemp("student") / "student.safetensors"
-    save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}, str(path),
+              metadata={STRIDE_KEY: str(model.stride)})
     return path
 
 
