@@ -209,7 +209,7 @@ EXAMPLES = {
     "evaluate": "crackops evaluate -S eval.threshold=0.4 -S 'eval.zero_shot=[]'",
     "register": "crackops register --output outputs/register/registered.json",
     "count-params": "crackops count-params -S model.variant=vit_b -S tuning.method=layernorm --json",
-    "recipe": "crackops recipe cracksam --dvc-args | xargs dvc exp run",
+    "recipe": "crackops recipe cracksam --dvc-args",
     "sweep": "crackops sweep sac-config3 --n-trials 6",
     "promote": "crackops promote --version 7 --dry-run",
     "lineage": "crackops lineage --alias champion --json",
