@@ -201,6 +201,8 @@ class LossParams(_Section):
 class EvalParams(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     tolerance: int = Field(2, ge=0)
+    # ODS/OIS/AP rule (pipeline/metrics/tolerance.py): the DeepLabV3 study's square kernel, or BSDS matching
+    tolerance_rule: Literal["square", "bsds"] = "square"
     n_thresholds: int = Field(99, ge=2)
     batch_size: int = Field(4, ge=1)
     blur_kernels: list[int] = [1, 5, 9, 13, 17, 21]
@@ -274,13 +276,17 @@ class SweepParams(_Section):
     ray: RayParams = RayParams()
 
 
-MetricKey = Literal["precision", "recall", "f1", "iou", "ods", "ois", "ap"]
+# Pooled scores, their per-image means (CrackSAM's test numbers) and the tolerance rule's scores.
+MetricKey = Literal["precision", "recall", "f1", "iou", "precision_image_mean", "recall_image_mean",
+                    "f1_image_mean", "iou_image_mean", "ods", "ois", "ap"]
 
 
 class PromoteParams(_Section):
     """The promotion gate of ``crackops promote`` (registry/gate.py)."""
 
-    primary_metric: str = "test.f1"  # <set>.<metric> in metrics.json, e.g. test.iou or zero_shot.mean.iou
+    # <set>.<metric> in metrics.json: test.f1 (pooled), test.f1_image_mean (CrackSAM's per-image mean),
+    # test.iou, zero_shot.mean.iou, ...
+    primary_metric: str = "test.f1"
     margin: float = 0.0  # the candidate's primary score must reach the champion's + margin
     tolerance: float = Field(0.02, ge=0.0)  # largest allowed drop on any corruption or zero-shot set
     floor: float = 0.0  # the first champion needs at least this primary score

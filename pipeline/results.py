@@ -33,8 +33,9 @@ BLUR_SWEEP_PLOT = PLOTS_DIR / "blur_sweep.csv"  # kernel, f1, iou (evaluate)
 PIPELINE_TRAIN_DIR = Path(TrainParams.model_fields["out_dir"].default)
 PIPELINE_EVAL_DIR = Path(EvalParams.model_fields["out_dir"].default)
 
-# The test split's headline columns, in results/metrics.json's order (`dvc metrics show` sorts its own).
-TEST_KEYS = ("precision", "recall", "f1", "iou", "ods", "ap")
+# The test split's headline columns, in results/metrics.json's order (`dvc metrics show` sorts its own):
+# pooled P/R/F1/IoU, CrackSAM's per-image mean F1 and IoU, and the tolerance rule's ODS and AP.
+TEST_KEYS = ("precision", "recall", "f1", "iou", "f1_image_mean", "iou_image_mean", "ods", "ap")
 DECIMALS = 5  # as the evaluation rounds its scores (pipeline.evaluation.suite)
 # Top-level sections of the evaluation tree that are not corruption sets (pipeline.evaluation.report).
 EVAL_SECTIONS = ("test", "blur_sweep", "zero_shot")

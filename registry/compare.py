@@ -20,6 +20,8 @@ SCORES = (
     ("test_recall", "eval.test.recall", "R"),
     ("test_f1", "eval.test.f1", "F1"),
     ("test_iou", "eval.test.iou", "IoU"),
+    ("test_f1_image_mean", "eval.test.f1_image_mean", "F1 img-mean"),
+    ("test_iou_image_mean", "eval.test.iou_image_mean", "IoU img-mean"),
     ("test_ods", "eval.test.ods", "ODS"),
     ("test_ap", "eval.test.ap", "AP"),
     ("low_light_blur_f1", "eval.low_light_blur.f1", "low-light+blur F1"),
@@ -124,7 +126,9 @@ def render_compare(entries: list[Entry]) -> str:
         cells = [entry.label, _method(entry), *[_number(entry.value(m, t)) for m, t, _ in SCORES], zero_shot,
                  _params(entry), _data_label(test_data(entry))]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    lines += ["", "P, R, F1, IoU at the evaluation threshold on the test split; ODS and AP with the pixel tolerance; "
+    lines += ["", "P, R, F1, IoU at the evaluation threshold on the test split, pooled (TP/FP/FN summed over the set); "
+              "img-mean: the mean of each image's score (CrackSAM's test numbers); ODS and AP with the pixel tolerance "
+              "(eval.tolerance_rule); "
               "corruption sets are CrackSAM's; zero-shot as in SAC (population std).", "", "## Lineage", "",
               "| Model | Run | Git commit | Data (manifest sha256) |", "|---|---|---|---|"]
     for entry in entries:

@@ -16,7 +16,8 @@ from registry.lineage import architecture
 CANDIDATE_ALIAS = "candidate"
 # Scores copied onto the model version as tags: what a reviewer checks before promotion.
 HEADLINE_SCORES = (
-    ("test", "f1"), ("test", "iou"), ("test", "precision"), ("test", "recall"), ("test", "ods"), ("test", "ap"),
+    ("test", "f1"), ("test", "iou"), ("test", "precision"), ("test", "recall"),
+    ("test", "f1_image_mean"), ("test", "iou_image_mean"), ("test", "ods"), ("test", "ap"),
     ("low_light_blur", "f1"), ("blur_down_up", "f1"), ("zero_shot.mean", "iou"), ("zero_shot.std", "iou"),
 )
 

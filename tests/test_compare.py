@@ -28,3 +28,14 @@ def test_each_row_names_its_test_data_and_mixed_data_is_refused(monkeypatch: pyt
         compare_module.compare(None, ["a", "b"])
     forced = compare_module.compare(None, ["a", "b"], force=True)
     assert forced.startswith("> **Warning**: scored on different test data") and "| b v2 |" in forced
+
+
+def test_pooled_and_image_mean_scores_have_their_own_columns() -> None:
+    entry = Entry("a v1", "a v1", None, {"eval.test.f1": "0.7692", "eval.test.f1_image_mean": "0.625",
+                                          "eval.test.iou_image_mean": "0.5833"})
+    table = render_compare([entry])
+    header = next(line for line in table.splitlines() if line.startswith("| Model |")).split(" | ")
+    row = next(line for line in table.splitlines() if line.startswith("| a v1 |")).split(" | ")
+    cells = dict(zip(header, row))
+    assert (cells["F1"], cells["F1 img-mean"], cells["IoU img-mean"]) == ("0.7692", "0.6250", "0.5833")
+    assert "pooled" in table and "img-mean: the mean of each image's score" in table

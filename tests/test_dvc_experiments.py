@@ -15,7 +15,8 @@ DVC = str(BIN / "dvc")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 # Every headline metric, as dotted paths in results/metrics.json (the tiny data has both corruption
 # sets and the built-in zero-shot set).
-HEADLINE = ["val.f1", "test.precision", "test.recall", "test.f1", "test.iou", "test.ods", "test.ap",
+HEADLINE = ["val.f1", "test.precision", "test.recall", "test.f1", "test.iou", "test.f1_image_mean",
+            "test.iou_image_mean", "test.ods", "test.ap",
             "low_light_blur.f1", "blur_down_up.f1", "zero_shot.mean.iou", "trainable_params"]
 # The charts of dvc.yaml's top-level `plots`: (id, x field, y fields).
 CHARTS = {

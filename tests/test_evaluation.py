@@ -26,7 +26,9 @@ from pipeline.params import load_params
 
 SIZE = 64
 KERNELS = [1, 5, 9, 13, 17, 21]
-METRIC_KEYS = {"precision", "recall", "f1", "iou", "pixel_ap", "ods", "ods_threshold", "ois", "ap"}
+IMAGE_MEAN_KEYS = {"precision_image_mean", "recall_image_mean", "f1_image_mean", "iou_image_mean"}
+METRIC_KEYS = {"precision", "recall", "f1", "iou", *IMAGE_MEAN_KEYS, "pixel_ap", "ods", "ods_threshold", "ois",
+               "ois_std", "ap"}
 
 
 def _prepare(root: Path, name: str, n_images: int, seed: int, domain: str, test_only: bool) -> Path:
@@ -156,7 +158,7 @@ def test_overlays_and_tolerance_can_be_turned_off(data):
     score = score_set(Background(), test_set, _params().eval, torch.device("cpu"), n_overlays=0,
                       with_tolerance=False, progress=False)
     assert score.overlays == [] and score.pr_curve == {}
-    assert set(score.metrics) == {"precision", "recall", "f1", "iou", "pixel_ap"}
+    assert set(score.metrics) == {"precision", "recall", "f1", "iou", *IMAGE_MEAN_KEYS, "pixel_ap"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ def test_perfect_predictor_scores_one_and_known_zeros(oracle_run):
     metrics, out = oracle_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert set(metrics) == {"test", "low_light_blur", "blur_down_up", "blur_sweep", "zero_shot"}
-    for key in ("precision", "recall", "f1", "iou", "ods", "ois", "ap"):
+    for key in ("precision", "recall", "f1", "iou", *IMAGE_MEAN_KEYS, "ods", "ois", "ap"):
         assert metrics["test"][key] == 1.0, key
         assert metrics["zero_shot"]["masonry"][key] == 1.0, key
     for name in ("low_light_blur", "blur_down_up"):
@@ -222,10 +224,11 @@ def test_output_folder_has_the_documented_files(oracle_run):
     report = (out / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert set(links) == overlays | {"pr_curve.png", "blur_sweep.png"}
-    assert "| Set | Images | P | R | F1 | IoU | ODS | OIS | AP |" in report
+    assert "| Set | Images | P | R | F1 | IoU | F1 img-mean | IoU img-mean | ODS | OIS | AP |" in report
     assert "| test | 3 | 1.0000 | 1.0000 |" in report
     assert "0.5000 ± 0.5000" in report and "ddof=0" in report
-    assert "threshold **0.5**" in report and "**2-pixel** tolerance" in report
+    assert "threshold **0.5**" in report and "pooled" in report and "img-mean" in report
+    assert "tolerance rule `square`" in report and "5×5 square (2-pixel tolerance)" in report
     assert "| 21×21 | 0.0000 | 0.0000 |" in report
 
 
@@ -236,7 +239,8 @@ def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path, capsys):
     metrics = run_evaluation(model, params, data["prepared"], _zero_shot(data), tmp_path / "eval", progress=False)
     # Without progress bars (no TTY) each scored set is still a line, with the time so far.
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("set ")]
-    assert re.match(r"set 1/\d+ test: \d+ images, F1 \d\.\d{4}, IoU \d\.\d{4} \[\d+s\]$", lines[0]), lines
+    assert re.match(r"set 1/\d+ test: \d+ images, F1 \d\.\d{4}, IoU \d\.\d{4} \(image means \d\.\d{4}, \d\.\d{4}\) "
+                    r"\[\d+s\]$", lines[0]), lines
     assert any(" masonry: " in line for line in lines)
     page = (tmp_path / "eval/report.html").read_text()
     assert page.count('<img ') >= 2 and page.count('src="data:image/png;base64,') == page.count('<img ')
@@ -336,3 +340,14 @@ def test_overlay_legend_names_the_colours_the_panels_are_drawn_in():
     legend = next(line for line in text.splitlines() if line.startswith("Each panel:"))
     assert legend == (f"Each panel: image | ground truth ({TRUTH_COLOUR.name}) | "
                       f"prediction at threshold 0.5 ({PREDICTION_COLOUR.name}).")
+
+
+def test_tolerance_rule_bsds_reaches_the_scores_and_the_report(data):
+    test_set = build_eval_sets(data["prepared"], {}, [1])[0]
+    score = score_set(Background(), test_set, _params("eval.tolerance_rule=bsds").eval, torch.device("cpu"),
+                      n_overlays=0, progress=False)
+    assert set(score.metrics) == METRIC_KEYS - {"ois_std"}  # BSDS's OIS is one pooled F, no spread
+    assert score.metrics["ods"] == 0.0 and score.metrics["f1_image_mean"] == 0.0
+    text = render_report({"test": score.metrics}, threshold=0.5, tolerance=2, n_thresholds=99, tolerance_rule="bsds",
+                         n_images={"test": 3}, overlays={}, plots={})
+    assert "tolerance rule `bsds`" in text and "within 2 pixels" in text and "square" not in text

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import Counts, PixelAPMeter, SegmentationMeter, ToleranceMeter, count, summarize
-from pipeline.metrics.tolerance import dilate, threshold_grid
+from pipeline.metrics import Counts, PixelAPMeter, SegmentationMeter, SquareRuleMeter, count, summarize
+from pipeline.metrics.curves import threshold_grid
+from pipeline.metrics.square_rule import square_dilate
 
 # ---------------------------------------------------------------- pixel metrics
 
@@ -79,11 +80,50 @@ def test_dataset_level_differs_from_mean_of_images() -> None:
     assert [r["f1"] for r in rows] == [1.0, 0.0]
     assert (rows[1]["tp"], rows[1]["fn"]) == (0, 1)
     result = meter.compute()
-    assert set(result) == {"precision", "recall", "f1", "iou", "pixel_ap"}
     # pixel AP: 8 of 9 crack pixels ranked first without a false one, the last one among all 128 pixels.
+    # Image means: A scores 1 on each, B (crack, nothing predicted) 0 on each -> 0.5.
     assert result == pytest.approx({"precision": 1.0, "recall": 8 / 9, "f1": 16 / 17, "iou": 8 / 9,
-                                    "pixel_ap": 8 / 9 + (1 / 9) * (9 / 128)})
+                                    "pixel_ap": 8 / 9 + (1 / 9) * (9 / 128),
+                                    "precision_image_mean": 0.5, "recall_image_mean": 0.5,
+                                    "f1_image_mean": 0.5, "iou_image_mean": 0.5})
     assert result["f1"] != pytest.approx(np.mean([r["f1"] for r in rows]))
+
+
+def four_image_fixture() -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs, targets), shape (4, 1, 4, 4): CrackSAM's four per-image cases at threshold 0.5.
+
+    A: 8-px crack predicted exactly     TP 8            -> P = R = F1 = IoU = 1
+    B: no crack, nothing predicted       all empty       -> 1 on each (CrackSAM: both empty = 1)
+    C: no crack, 2 px predicted          FP 2            -> 0 on each
+    D: 4-px crack, 2 found + 2 false     TP 2 FP 2 FN 2  -> P = R = F1 = 1/2, IoU = 2/6 = 1/3
+    """
+    targets = torch.zeros(4, 1, 4, 4)
+    probs = torch.zeros(4, 1, 4, 4)
+    targets[0, 0, :2] = 1
+    probs[0, 0, :2] = 0.9
+    probs[2, 0, 3, :2] = 0.8
+    targets[3, 0, 0] = 1
+    probs[3, 0, 0, :2] = 0.7
+    probs[3, 0, 1, :2] = 0.6
+    return probs, targets
+
+
+# Pooled: TP 10, FP 4, FN 2 -> P 10/14, R 10/12, F1 20/26, IoU 10/16.
+FOUR_IMAGE_POOLED = {"precision": 5 / 7, "recall": 5 / 6, "f1": 10 / 13, "iou": 5 / 8}
+# Means of the per-image scores (1, 1, 0, 1/2) and IoU (1, 1, 0, 1/3).
+FOUR_IMAGE_MEANS = {"precision_image_mean": 0.625, "recall_image_mean": 0.625, "f1_image_mean": 0.625,
+                    "iou_image_mean": 7 / 12}
+
+
+def test_pooled_and_image_mean_scores_by_hand() -> None:
+    probs, targets = four_image_fixture()
+    meter = SegmentationMeter(with_tolerance=False)
+    meter.update(probs, targets, names=["a", "b", "c", "d"])
+    assert [r["f1"] for r in meter.per_image()] == pytest.approx([1.0, 1.0, 0.0, 0.5])
+    result = meter.compute()
+    assert {k: result[k] for k in FOUR_IMAGE_POOLED} == pytest.approx(FOUR_IMAGE_POOLED)
+    assert {k: result[k] for k in FOUR_IMAGE_MEANS} == pytest.approx(FOUR_IMAGE_MEANS)
+    assert result["f1"] - result["f1_image_mean"] == pytest.approx(10 / 13 - 0.625)
 
 
 def test_meter_accumulates_batches_and_names() -> None:
@@ -112,14 +152,13 @@ def test_threshold_grid() -> None:
     assert np.allclose(np.diff(grid), 0.01)
 
 
-def test_dilate_is_a_euclidean_disk() -> None:
+def test_square_dilate_takes_the_whole_square() -> None:
     point = np.zeros((7, 7), dtype=bool)
     point[3, 3] = True
-    grown = dilate(point, 2)
-    assert grown[3, 1] and grown[1, 3] and grown[2, 2]  # distances 2, 2, √2
-    assert not grown[2, 1] and not grown[1, 2]  # distance √5 > 2
-    assert grown.sum() == 13
-    assert dilate(point, 0) is point
+    grown = square_dilate(point, 2)
+    assert grown[1, 1] and grown[2, 1] and grown[5, 5]  # corners (distance 2√2) included
+    assert grown.sum() == 25 and not grown[0].any() and not grown[:, 6].any()
+    assert np.array_equal(square_dilate(point, 0), point)
 
 
 def shifted_line(size: int = 9) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +175,7 @@ def test_shifted_line_with_tolerance() -> None:
     # FN is judged on the original truth: no gt pixel is itself predicted -> FN = 9.
     # R = 9 / (9 + 9) = 1/2, F = 2·1·½ / (1 + ½) = 2/3 at every threshold.
     prob, gt = shifted_line()
-    meter = ToleranceMeter(tolerance=2)
+    meter = SquareRuleMeter(tolerance=2)
     meter.update(prob, gt)
     out = meter.compute()
     assert set(out["pr_curve"]["precision"]) == {1.0}
@@ -150,7 +189,7 @@ def test_shifted_line_with_tolerance() -> None:
 def test_shifted_line_without_tolerance_scores_zero() -> None:
     # d = 0: TP = 0, FP = 9, FN = 9 -> P = R = F = 0.
     prob, gt = shifted_line()
-    meter = ToleranceMeter(tolerance=0)
+    meter = SquareRuleMeter(tolerance=0)
     meter.update(prob, gt)
     out = meter.compute()
     assert out["ods"] == 0.0 and out["ois"] == 0.0 and out["ap"] == 0.0
@@ -178,7 +217,7 @@ def test_ois_and_ods_by_hand() -> None:
     img2_prob[3, 3] = 0.655
     gt = np.zeros((4, 4))
     gt[0, 0] = gt[0, 1] = 1
-    meter = ToleranceMeter(tolerance=0)
+    meter = SquareRuleMeter(tolerance=0, min_max=False)
     meter.update(img1_prob, gt)
     meter.update(img2_prob, gt)
     best = meter.per_image_best()
@@ -194,7 +233,7 @@ def test_ois_and_ods_by_hand() -> None:
 def test_crack_free_image_counts_as_perfect_in_ois() -> None:
     # Background at 0.3 only: for t > 0.3 the prediction is empty on an empty truth -> F = 1.
     prob = np.full((5, 5), 0.3)
-    meter = ToleranceMeter(tolerance=2)
+    meter = SquareRuleMeter(tolerance=2, min_max=False)
     meter.update(prob, np.zeros((5, 5)))
     assert meter.per_image_best()[0] == pytest.approx((1.0, 0.31))
     assert meter.compute()["ois"] == 1.0
@@ -203,7 +242,7 @@ def test_crack_free_image_counts_as_perfect_in_ois() -> None:
 @pytest.mark.parametrize("tolerance", [0, 2])
 def test_ap_of_perfect_prediction_is_one(tolerance: int) -> None:
     rng = np.random.default_rng(3)
-    meter = ToleranceMeter(tolerance=tolerance)
+    meter = SquareRuleMeter(tolerance=tolerance)
     for _ in range(3):
         gt = (rng.random((16, 16)) > 0.85).astype(np.float32)
         meter.update(gt.copy(), gt)  # hard {0, 1} prediction equal to the truth
@@ -218,7 +257,7 @@ def test_ap_of_perfect_prediction_is_one(tolerance: int) -> None:
 def naive_counts(prob: np.ndarray, gt: np.ndarray, tolerance: int, thresholds: np.ndarray) -> np.ndarray:
     """Reference: one full-image pass per threshold. Rows are (TP, FP, FN)."""
     gt = gt > 0.5
-    near = dilate(gt, tolerance)
+    near = square_dilate(gt, tolerance)
     rows = []
     for t in thresholds:
         pred = prob >= t
@@ -237,7 +276,7 @@ def naive_f(tp: float, fp: float, fn: float) -> float:
 @pytest.mark.parametrize("tolerance", [0, 1, 2, 3])
 def test_vectorised_counts_match_naive_loop(tolerance: int) -> None:
     rng = np.random.default_rng(tolerance)
-    meter = ToleranceMeter(tolerance=tolerance, n_thresholds=99)
+    meter = SquareRuleMeter(tolerance=tolerance, n_thresholds=99, min_max=False)
     grid = meter.thresholds
     totals = np.zeros((len(grid), 3), dtype=np.int64)
     best = []
@@ -280,7 +319,7 @@ def test_segmentation_meter_with_tolerance_matches_tolerance_meter() -> None:
     targets = (torch.rand(3, 1, 24, 24, generator=gen) > 0.9).float()
     meter = SegmentationMeter(threshold=0.5, tolerance=1)
     meter.update(probs, targets, names=["a", "b", "c"])
-    reference = ToleranceMeter(tolerance=1)
+    reference = SquareRuleMeter(tolerance=1)
     for i in range(3):
         reference.update(probs[i, 0].numpy(), targets[i, 0].numpy())
     expected = reference.compute()
@@ -299,7 +338,7 @@ def test_segmentation_meter_with_tolerance_matches_tolerance_meter() -> None:
 
 def test_compute_before_update_is_an_error() -> None:
     with pytest.raises(ValueError):
-        ToleranceMeter().compute()
+        SquareRuleMeter().compute()
     with pytest.raises(ValueError):
         SegmentationMeter().compute()
 

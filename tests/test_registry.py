@@ -72,6 +72,18 @@ def test_gate_primary_metric_and_margin() -> None:
     assert decide(_metrics(0.7), _metrics(0.6), iou_gate).rows[0].metric == "test.iou"
 
 
+def test_gate_on_cracksam_image_mean_f1() -> None:
+    # Pooled F1 rises but the per-image mean (CrackSAM's number) falls: the setting decides.
+    candidate, champion = _metrics(0.70), _metrics(0.60)
+    candidate["test"]["f1_image_mean"], champion["test"]["f1_image_mean"] = 0.50, 0.55
+    assert decide(candidate, champion, PromoteParams()).passed
+    gate = load_params("missing.yaml", ["promote.primary_metric=test.f1_image_mean"]).promote
+    refused = decide(candidate, champion, gate)
+    assert not refused.passed and "test.f1_image_mean 0.5000 < champion 0.5500 + margin 0.0000" in refused.reason
+    rows = decide(candidate, champion, PromoteParams(corruption_metric="iou_image_mean")).rows
+    assert [row.metric for row in rows[1:3]] == ["blur_down_up.iou_image_mean", "low_light_blur.iou_image_mean"]
+
+
 def test_gate_tolerance_on_corruption_and_zero_shot_sets() -> None:
     champion = _metrics(0.6, corruption=0.5, masonry=0.4)
     assert decide(_metrics(0.7, corruption=0.485, masonry=0.385), champion, PromoteParams()).passed

@@ -14,7 +14,9 @@ from pipeline.results import (BLUR_SWEEP_PLOT, HEADLINE_METRICS, HISTORY_PLOT, P
                               publish_evaluation, publish_training)
 
 REPO = Path(__file__).resolve().parents[1]
-SCORES = {"precision": 0.5, "recall": 0.25, "f1": 0.3333, "iou": 0.2, "ods": 0.4, "ois": 0.45, "ap": 0.35}
+SCORES = {"precision": 0.5, "recall": 0.25, "f1": 0.3333, "iou": 0.2, "precision_image_mean": 0.55,
+          "recall_image_mean": 0.3, "f1_image_mean": 0.29, "iou_image_mean": 0.17, "ods": 0.4, "ois": 0.45,
+          "ois_std": 0.1, "ap": 0.35}
 EVALUATION = {
     "test": SCORES,
     "low_light_blur": {**SCORES, "f1": 0.21},
@@ -29,7 +31,8 @@ TRAIN = {"best_epoch": 2, "epochs_run": 3, "val": {**SCORES, "f1": 0.6100012345}
 def test_headline_is_the_named_subset_with_the_full_trees_paths():
     assert headline_metrics(TRAIN, EVALUATION) == {
         "val": {"f1": 0.61},
-        "test": {"precision": 0.5, "recall": 0.25, "f1": 0.3333, "iou": 0.2, "ods": 0.4, "ap": 0.35},
+        "test": {"precision": 0.5, "recall": 0.25, "f1": 0.3333, "iou": 0.2, "f1_image_mean": 0.29,
+                 "iou_image_mean": 0.17, "ods": 0.4, "ap": 0.35},
         "low_light_blur": {"f1": 0.21},
         "blur_down_up": {"f1": 0.11},
         "zero_shot": {"mean": {"iou": 0.07}},

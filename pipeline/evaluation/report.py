@@ -7,11 +7,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.metrics.tolerance import tolerance_rule as rule_meter
 from pipeline.visualize import panel_legend
 
-# (metrics.json key, column header) of the main table.
+# (metrics.json key, column header) of the main table: pooled scores, per-image means, tolerance scores.
 COLUMNS = (
-    ("precision", "P"), ("recall", "R"), ("f1", "F1"), ("iou", "IoU"), ("ods", "ODS"), ("ois", "OIS"), ("ap", "AP"),
+    ("precision", "P"), ("recall", "R"), ("f1", "F1"), ("iou", "IoU"),
+    ("f1_image_mean", "F1 img-mean"), ("iou_image_mean", "IoU img-mean"),
+    ("ods", "ODS"), ("ois", "OIS"), ("ap", "AP"),
 )
 SECTIONS = ("test", "blur_sweep", "zero_shot")
 SUMMARY_KEYS = ("mean", "std")
@@ -74,6 +77,7 @@ def render_report(
     threshold: float,
     tolerance: int,
     n_thresholds: int,
+    tolerance_rule: str = "square",
     n_images: Mapping[str, int],
     overlays: Mapping[str, list[str]],
     plots: Mapping[str, str],
@@ -82,19 +86,18 @@ def render_report(
 ) -> str:
     """Markdown for a metrics.json tree; ``overlays`` and ``plots`` hold paths relative to the report.
 
-    ``overlays`` maps a set name to its panel images, ``plots`` a caption to a plot image.
+    ``overlays`` maps a set name to its panel images, ``plots`` a caption to a plot image;
+    ``tolerance_rule`` (``eval.tolerance_rule``) words the ODS/OIS/AP paragraph.
     """
     n_zero_shot = len(zero_shot_names(metrics))
     lines = [f"# {title}", ""]
     if subtitle:
         lines += [subtitle, ""]
     lines += [
-        f"- **P, R, F1, IoU** at threshold **{threshold:g}**, from TP/FP/FN summed over every pixel of "
-        "every image of a set (dataset level, not a mean of per-image scores).",
-        f"- **ODS, OIS, AP** with a **{tolerance}-pixel** tolerance over {n_thresholds} thresholds in (0, 1): "
-        "a predicted pixel within the tolerance of a crack is a true positive; misses are counted "
-        "against the original mask. ODS is the best dataset-level F at one threshold, OIS the mean "
-        "of each image's best F.",
+        f"- **P, R, F1, IoU** at threshold **{threshold:g}**, pooled: from TP/FP/FN summed over every pixel of "
+        "every image of a set. **img-mean** columns are the mean of each image's score (CrackSAM's test "
+        "numbers): an image with no crack and no predicted crack scores 1, one with only either of them 0.",
+        "- " + rule_meter(tolerance_rule).describe(tolerance, n_thresholds),
         "- Corrupted sets change the test images only, never the masks: "
         + "; ".join(f"`{name}`: {NOTES.get(name, 'corrupted test split')}" for name in corruption_names(metrics))
         + ".",

@@ -71,7 +71,7 @@ def score_set(
     dataset = eval_set.dataset
     names = sample_names(dataset)
     loader = DataLoader(dataset, batch_size=eval_params.batch_size, shuffle=False, num_workers=num_workers)
-    meter = SegmentationMeter(eval_params.threshold, eval_params.tolerance, eval_params.n_thresholds, with_tolerance)
+    meter = SegmentationMeter.from_params(eval_params, with_tolerance)
     kept: list[torch.Tensor] = []
     seen = 0
     batches = predict_batches(model, loader, device, amp_dtype)

@@ -73,7 +73,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
-def _plot_pr_curves(scores: list[SetScore], tolerance: int, path: Path) -> None:
+def _plot_pr_curves(scores: list[SetScore], tolerance: int, rule: str, path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
 
     fig = Figure(figsize=(6, 5), dpi=110, layout="constrained")
@@ -93,7 +93,7 @@ def _plot_pr_curves(scores: list[SetScore], tolerance: int, path: Path) -> None:
             ax.plot(recall[k], precision[k], "o", color=line.get_color(), markersize=7,
                     label=f"test ODS point (t = {m['ods_threshold']:.2f})")
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="Recall", ylabel="Precision",
-           title=f"Precision-recall, {tolerance}-pixel tolerance")
+           title=f"Precision-recall, {tolerance}-pixel tolerance ({rule})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.savefig(path)
@@ -163,7 +163,8 @@ def run_evaluation(
         # A line per set, TTY or not: scoring every set takes minutes on a CPU.
         score = scores[-1]
         print(f"set {index}/{len(sets)} {score.name}: {score.n_images} images, F1 {score.metrics.get('f1', math.nan):.4f}, "
-              f"IoU {score.metrics.get('iou', math.nan):.4f} [{time.monotonic() - started:.0f}s]", flush=True)
+              f"IoU {score.metrics.get('iou', math.nan):.4f} (image means {score.metrics.get('f1_image_mean', math.nan):.4f}, "
+              f"{score.metrics.get('iou_image_mean', math.nan):.4f}) [{time.monotonic() - started:.0f}s]", flush=True)
 
     kernels = {s.name: s.kernel for s in sets if s.kind == "blur"}
     metrics = build_metrics(scores, kernels)
@@ -179,7 +180,7 @@ def run_evaluation(
              for t, p, r in zip(curve["threshold"], curve["precision"], curve["recall"])],
         ))
         (tmp / BLUR_SWEEP_CSV).write_text(_csv(["kernel", "f1", "iou"], sweep_rows))
-        _plot_pr_curves([s for s in scores if s.kind != "blur"], ev.tolerance, tmp / PR_CURVE_PNG)
+        _plot_pr_curves([s for s in scores if s.kind != "blur"], ev.tolerance, ev.tolerance_rule, tmp / PR_CURVE_PNG)
         # Written even for an empty sweep: dvc.yaml declares the file as an output.
         _plot_blur_sweep(sweep_rows, tmp / BLUR_SWEEP_PNG)
         plots = {"Precision-recall curves (tolerance-based)": PR_CURVE_PNG}
@@ -196,6 +197,7 @@ def run_evaluation(
 
         report = render_report(
             metrics, threshold=ev.threshold, tolerance=ev.tolerance, n_thresholds=ev.n_thresholds,
+            tolerance_rule=ev.tolerance_rule,
             n_images={s.name: s.n_images for s in scores}, overlays=overlays, plots=plots,
             subtitle=(f"Model: {model_label(params)}, tuning `{params.tuning.method}`, "
                       f"{params.data.img_size}x{params.data.img_size} inputs."),

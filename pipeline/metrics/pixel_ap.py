@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.metrics.tolerance import average_precision
+from pipeline.metrics.curves import average_precision
 
 
 class PixelAPMeter:
