@@ -122,6 +122,21 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
           f"report: {out_dir / 'report.md'} (with its images inside: {out_dir / 'report.html'})")
 
 
+@command("score")
+def _score(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.evaluation.folders import score_folders
+
+    metrics = score_folders(Path(args.predictions), Path(args.masks), params.eval)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    ev = params.eval
+    print(f"pooled at {ev.threshold:g}: P {metrics['precision']:.4f}  R {metrics['recall']:.4f}  "
+          f"F1 {metrics['f1']:.4f}  IoU {metrics['iou']:.4f}; image means: F1 {metrics['f1_image_mean']:.4f}  "
+          f"IoU {metrics['iou_image_mean']:.4f}; {ev.tolerance_rule} rule, {ev.tolerance} px: "
+          f"ODS {metrics['ods']:.4f}  OIS {metrics['ois']:.4f}  AP {metrics['ap']:.4f}")
+
+
 @command("register")
 def _register(params: Params, args: argparse.Namespace) -> None:
     from registry.register import register_candidate, write_registration
@@ -207,6 +222,7 @@ EXAMPLES = {
     "distill": "crackops distill -S model.family=sam_lite -S distill.epochs=8",
     "train": "crackops train -S train.lr=5e-4 -S train.epochs=2",
     "evaluate": "crackops evaluate -S eval.threshold=0.4 -S 'eval.zero_shot=[]'",
+    "score": "crackops score predictions/ data/prepared/test/masks --json -S eval.tolerance_rule=bsds",
     "register": "crackops register --output outputs/register/registered.json",
     "count-params": "crackops count-params -S model.variant=vit_b -S tuning.method=layernorm --json",
     "recipe": "crackops recipe cracksam --dvc-args",
@@ -261,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate = sub.add_parser("evaluate", parents=[common], help="score the trained model on test, corruption and zero-shot sets")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    score = sub.add_parser("score", parents=[common],
+                           help="score saved probability maps (grayscale PNG, value/255) against masks, as evaluate does")
+    score.add_argument("predictions", help="folder of probability maps, stems matching the masks")
+    score.add_argument("masks", help="folder of masks (0/1 or 0/255; >= 128 is crack)")
+    score.add_argument("--json", action="store_true", help="print every score as one JSON object")
     register = sub.add_parser("register", parents=[common], help="register the evaluated model as 'candidate'")
     register.add_argument("--output", default="outputs/register/registered.json", help="where to record the version")
     count = sub.add_parser("count-params", parents=[common], help="trainable and total parameters")
