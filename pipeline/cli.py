@@ -118,7 +118,9 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
     else:
         headline = f"{RESULTS_DIR}/ not updated (outputs not in the pipeline's {PIPELINE_TRAIN_DIR}, {PIPELINE_EVAL_DIR})"
     test = metrics["test"]
-    print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f}  ODS {test['ods']:.4f}  AP {test['ap']:.4f}; {headline}; "
+    print(f"test F1 {test['f1']:.4f}  IoU {test['iou']:.4f} (image means {test['f1_image_mean']:.4f}, "
+          f"{test['iou_image_mean']:.4f})  ODS {test['ods']:.4f}  AP {test['ap']:.4f} ({params.eval.tolerance_rule}); "
+          f"{headline}; "
           f"report: {out_dir / 'report.md'} (with its images inside: {out_dir / 'report.html'})")
 
 

@@ -126,12 +126,12 @@ def test_manifest_digest_ignores_key_order(tmp_path: Path) -> None:
 
 def test_flatten_metrics_names() -> None:
     flat = flatten_metrics({
-        "test": {"f1": 0.5, "iou": 0.25, "ods": 0.6, "ods_threshold": 0.4, "per_image": [1, 2]},
+        "test": {"f1": 0.5, "iou": 0.25, "f1_image_mean": 0.45, "ods": 0.6, "ods_threshold": 0.4, "per_image": [1, 2]},
         "low_light_blur": {"iou": 0.2, "note": "text"},
         "zero_shot": {"mean": {"f1": 0.3}, "std": {"f1": 0.01}, "synthetic-masonry": {"f1": 0.3}},
         "flag": True, "epochs": 3,
     })
-    assert flat == {"test_f1": 0.5, "test_iou": 0.25, "test_ods": 0.6, "test_ods_threshold": 0.4,
+    assert flat == {"test_f1": 0.5, "test_iou": 0.25, "test_f1_image_mean": 0.45, "test_ods": 0.6, "test_ods_threshold": 0.4,
                     "low_light_blur_iou": 0.2, "zero_shot_mean_f1": 0.3, "zero_shot_std_f1": 0.01,
                     "zero_shot_synthetic-masonry_f1": 0.3, "epochs": 3.0}
 
