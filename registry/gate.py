@@ -2,7 +2,8 @@
 
 Rules (``promote`` params):
 
-* the primary metric (``test.f1``) reaches the champion's + ``margin``;
+* the primary metric (``primary_metric``: ``test.f1`` pooled by default, ``test.f1_image_mean`` for
+  CrackSAM's per-image mean, any dotted ``<set>.<metric>``) reaches the champion's + ``margin``;
 * no corruption set (``low_light_blur``, ``blur_down_up``, ...) falls by more than ``tolerance``
   on ``corruption_metric``, and no zero-shot set, nor their mean, on ``zero_shot_metric``;
 * without a champion, the candidate needs a primary score of at least ``floor``.

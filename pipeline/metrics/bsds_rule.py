@@ -35,7 +35,8 @@ def _ratio(count: np.ndarray, total: np.ndarray) -> np.ndarray:
     return count / (total + (total == 0))
 
 
-def bsds_prf(count_r, sum_r, count_p, sum_p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bsds_prf(count_r: np.ndarray, sum_r: np.ndarray, count_p: np.ndarray,
+             sum_p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BSDS precision, recall, F (zero denominators give 0)."""
     r = _ratio(np.asarray(count_r, dtype=np.float64), np.asarray(sum_r, dtype=np.float64))
     p = _ratio(np.asarray(count_p, dtype=np.float64), np.asarray(sum_p, dtype=np.float64))
