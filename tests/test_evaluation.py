@@ -186,8 +186,8 @@ def test_perfect_predictor_scores_one_and_known_zeros(oracle_run):
     for name in ("low_light_blur", "blur_down_up"):
         assert set(metrics[name]) == METRIC_KEYS
         assert metrics[name]["f1"] == metrics[name]["recall"] == metrics[name]["iou"] == 0.0
-    assert metrics["blur_sweep"] == {"k1": {"f1": 1.0, "iou": 1.0},
-                                     **{f"k{k}": {"f1": 0.0, "iou": 0.0} for k in KERNELS[1:]}}
+    perfect, missed = ({k: value for k in ("f1", "iou", "f1_image_mean", "iou_image_mean")} for value in (1.0, 0.0))
+    assert metrics["blur_sweep"] == {"k1": perfect, **{f"k{k}": missed for k in KERNELS[1:]}}
     zero_shot = metrics["zero_shot"]
     assert list(zero_shot) == ["masonry", "masonry_b", "mean", "std"]
     assert zero_shot["masonry_b"]["f1"] == 0.0
@@ -229,7 +229,7 @@ def test_output_folder_has_the_documented_files(oracle_run):
     assert "0.5000 ± 0.5000" in report and "ddof=0" in report
     assert "threshold **0.5**" in report and "pooled" in report and "img-mean" in report
     assert "tolerance rule `square`" in report and "5×5 square (2-pixel tolerance)" in report
-    assert "| 21×21 | 0.0000 | 0.0000 |" in report
+    assert "| 21×21 | 0.0000 | 0.0000 | 0.0000 | 0.0000 |" in report
 
 
 def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path, capsys):
@@ -253,7 +253,7 @@ def test_real_tiny_sam_runs_the_whole_suite(data, tmp_path, capsys):
         section = metrics.get(name) or metrics["zero_shot"][name]
         assert set(section) == METRIC_KEYS, name
     assert list(metrics["blur_sweep"]) == [f"k{k}" for k in KERNELS]
-    assert metrics["blur_sweep"]["k1"] == {"f1": metrics["test"]["f1"], "iou": metrics["test"]["iou"]}
+    assert metrics["blur_sweep"]["k1"] == {k: metrics["test"][k] for k in ("f1", "iou", "f1_image_mean", "iou_image_mean")}
 
     zero_shot = metrics["zero_shot"]
     for key in METRIC_KEYS:
@@ -312,7 +312,7 @@ def test_report_renders_without_zero_shot_sets_or_overlays():
     text = render_report(metrics, threshold=0.5, tolerance=2, n_thresholds=99, n_images={"test": 7},
                          overlays={}, plots={})
     assert "| test | 7 | 0.2500 |" in text and "| low_light_blur |  | 0.2500 |" in text
-    assert "| 1 (none) | 0.2500 | 0.1250 |" in text
+    assert "| 1 (none) | 0.2500 | 0.1250 | — | — |" in text
     assert "mean ± std" not in text and "## Overlays" not in text and "## Plots" not in text
 
 

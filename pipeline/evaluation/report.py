@@ -63,11 +63,13 @@ def _main_table(metrics: Mapping[str, Any], n_images: Mapping[str, int]) -> list
 
 
 def _blur_table(sweep: Mapping[str, Mapping[str, float]]) -> list[str]:
-    lines = ["| Kernel | F1 | IoU |", "|---:|---:|---:|"]
+    lines = ["| Kernel | F1 | IoU | F1 img-mean | IoU img-mean |", "|---:|---:|---:|---:|---:|"]
     for key, scores in sweep.items():
         kernel = key.removeprefix("k")
         label = f"{kernel} (none)" if kernel == "1" else f"{kernel}×{kernel}"
-        lines.append(f"| {label} | {scores['f1']:.4f} | {scores['iou']:.4f} |")
+        # Trees written before the per-image means lack them: a dash, not a KeyError.
+        cells = [f"{scores[k]:.4f}" if k in scores else "—" for k in ("f1", "iou", "f1_image_mean", "iou_image_mean")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -37,6 +37,8 @@ BLUR_SWEEP_PNG = "blur_sweep.png"
 REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"  # the same with its images inside: what MLflow's artifact view shows
 OVERLAY_DIR = "overlays"
+# A blur-sweep point's scores in metrics.json: pooled and per-image-mean F1 and IoU (the CSV plots the pooled).
+BLUR_KEYS = ("f1", "iou", "f1_image_mean", "iou_image_mean")
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -55,7 +57,7 @@ def build_metrics(scores: list[SetScore], kernels: dict[str, int]) -> dict[str, 
     by_kind = {kind: [s for s in scores if s.kind == kind] for kind in ("test", "corruption", "blur", "zero_shot")}
     tree: dict[str, Any] = {"test": _rounded(by_kind["test"][0].metrics)}
     tree.update({s.name: _rounded(s.metrics) for s in by_kind["corruption"]})
-    tree["blur_sweep"] = {f"k{kernels[s.name]}": _rounded({k: s.metrics[k] for k in ("f1", "iou")})
+    tree["blur_sweep"] = {f"k{kernels[s.name]}": _rounded({k: s.metrics[k] for k in BLUR_KEYS})
                           for s in by_kind["blur"]}
     zero_shot: dict[str, Any] = {s.name: _rounded(s.metrics) for s in by_kind["zero_shot"]}
     if by_kind["zero_shot"]:
