@@ -218,3 +218,19 @@ def test_min_max_normalisation_spans_zero_to_one_and_zeroes_a_constant_map() -> 
     assert min_max_normalise(np.array([[0.2, 0.4], [0.3, 0.2]])) == pytest.approx(np.array([[0.0, 1.0], [0.5, 0.0]]))
     # A constant map (a model sure of nothing) predicts nothing at any threshold, however high it sits.
     assert not min_max_normalise(np.full((3, 3), 2e-9)).any() and not min_max_normalise(np.full((3, 3), 0.9)).any()
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_matching_is_a_maximum_one_to_one_matching(d: int) -> None:
+    # Independent reference: an assignment that pays 1 per pair farther than d finds the most pairs within d.
+    from scipy.optimize import linear_sum_assignment
+
+    from pipeline.metrics.bsds_rule import match_count
+
+    rng = np.random.default_rng(d)
+    for _ in range(20):
+        pred, gt = rng.random((12, 12)) > 0.8, rng.random((12, 12)) > 0.85
+        p, g = np.argwhere(pred), np.argwhere(gt)
+        far = (((p[:, None, :] - g[None, :, :]) ** 2).sum(-1) > d * d).astype(float)
+        rows, cols = linear_sum_assignment(far)
+        assert match_count(pred, gt, d) == int((far[rows, cols] == 0).sum()) > 0

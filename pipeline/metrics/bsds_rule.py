@@ -116,6 +116,17 @@ class BSDSRuleMeter:
                 "is the best dataset-level F (interpolated between thresholds), OIS the F of the counts summed at "
                 "each image's best threshold, AP BSDS's interpolated average precision.")
 
+    def _crop(self, prob: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box holding every truth pixel and every pixel predicted at the lowest threshold, plus a
+        margin of ``d + 1``: thinning and matching see only zeros beyond it, so counts are unchanged."""
+        rows, cols = np.nonzero(gt | (prob >= self.thresholds[0]))
+        if rows.size == 0:
+            return prob[:0, :0], gt[:0, :0]
+        margin = self.tolerance + 1
+        top, left = max(0, rows.min() - margin), max(0, cols.min() - margin)
+        return prob[top : rows.max() + margin + 1, left : cols.max() + margin + 1], \
+            gt[top : rows.max() + margin + 1, left : cols.max() + margin + 1]
+
     def image_counts(self, prob: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``(4, n_thresholds)``: count_r, sum_r, count_p, sum_p of one image at every threshold."""
         prob = np.asarray(prob, dtype=np.float64)
@@ -124,6 +135,7 @@ class BSDSRuleMeter:
             raise ValueError(f"expected matching HxW arrays, got prob {prob.shape}, target {target.shape}")
         gt = target > 0.5
         n_gt = int(np.count_nonzero(gt))
+        prob, gt = self._crop(prob, gt)
         out = np.zeros((4, len(self.thresholds)), dtype=np.int64)
         cache: dict[int, tuple[int, int]] = {}
         for k, t in enumerate(self.thresholds):
