@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-runs", type=int, default=4, help="runs in the comparison (latest finished)")
     parser.add_argument("--window", default="1600,1000", help="browser window WIDTH,HEIGHT")
     parser.add_argument("--budget-ms", type=int, default=45000,
-                        help="virtual time for the single-page app to render (a demo report is ~4 MB: 20 s left it blank on a loaded 2-core machine)")
+                        help="virtual time for the single-page app to render (a demo report is ~4 MB: "
+                             "20 s left it blank on a loaded 2-core machine)")
     parser.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
     args = parser.parse_args(argv)
 
