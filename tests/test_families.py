@@ -407,4 +407,6 @@ def test_dvc_repro_sam_lite_then_deeplabv3_in_one_experiment(tmp_path):
     client, runs = _runs_by_family(project)
     assert set(runs) == {"sam_lite", "deeplabv3"}
     _check_lite_run(client, runs["sam_lite"], tmp_path)
-    assert set(runs["sam_lite"].data.metrics) == set(runs["deeplabv3"].data.metrics)  # comparable names
+    # Comparable names; MLflow's system metrics (system/...) depend on how long each run lasted.
+    names = {family: {name for name in run.data.metrics if not name.startswith("system/")} for family, run in runs.items()}
+    assert names["sam_lite"] == names["deeplabv3"]
