@@ -56,7 +56,8 @@ def _version_args(parser: argparse.ArgumentParser, default_alias: str) -> None:
 @handler("promote")
 def promote_command(params: Params, args: argparse.Namespace) -> int:
     from pipeline.atomic import write_json
-    from registry.promote import SuiteEvaluator, promote, promotion_json, render_promotion, rollback
+    from registry.promote import (SuiteEvaluator, promote, promotion_json, render_promotion, require_registered,
+                                  rollback)
     from registry.versions import resolve_version
 
     client = _client(params)
@@ -68,7 +69,8 @@ def promote_command(params: Params, args: argparse.Namespace) -> int:
         demoted = f" (version {done.demoted} tagged promotion.rolled_back)" if done.demoted else ""
         print(f"{name}: champion -> version {done.restored}{demoted}; previous-champion removed")
         return 0
-    version = str(resolve_version(client, name, args.version, args.alias).version)
+    # Checked before the evaluator reads any data; promote() checks again.
+    version = str(require_registered(resolve_version(client, name, args.version, args.alias)).version)
     evaluator = SuiteEvaluator(client, name, params, progress=not args.no_progress)
     result = promote(client, name, version, params.promote, evaluator, dry_run=args.dry_run)
     print(render_promotion(result))

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
 from pipeline.errors import CrackopsError
 from pipeline.params import Params, PromoteParams
 from registry.gate import Decision, GateRow, decide, render_table
 from registry.lease import Lease, LeaseSettings
-from registry.versions import CHAMPION, PREVIOUS_CHAMPION, RegistryError, alias_version, get_version
+from registry.versions import (CHAMPION, PREVIOUS_CHAMPION, REGISTERED_TAG, RegistryError, alias_version,
+                               get_version)
 
 TAG = "promotion"
 MAX_TAG_TEXT = 1000
@@ -167,6 +169,15 @@ def record_decision(client: MlflowClient, name: str, version: str, decision: Dec
                                 description=_description(current.description, decision, champion, data, when))
 
 
+def require_registered(version: ModelVersion) -> ModelVersion:
+    """``version``, if ``crackops register`` finished it; an interrupted one may lack evidence or alias."""
+    if version.tags.get(REGISTERED_TAG) != "true":
+        raise CrackopsError(f"model {version.name!r} version {version.version} was never fully registered (its "
+                            f"`crackops register` was interrupted): rerun `crackops register` for run "
+                            f"{version.run_id}")
+    return version
+
+
 def promote(
     client: MlflowClient,
     name: str,
@@ -181,11 +192,12 @@ def promote(
 ) -> Promotion:
     """Evaluate ``candidate`` against the champion, record the decision, move aliases on pass.
 
+    A candidate without the ``crackops.registered`` tag (an interrupted register) is refused.
     ``hook(stage)`` is called after ``evaluated``, ``recorded`` and ``previous_moved`` (tests kill
     the process there). ``dry_run`` evaluates and decides but writes nothing.
     """
     hook = hook or (lambda stage: None)
-    candidate = str(get_version(client, name, candidate).version)
+    candidate = str(require_registered(get_version(client, name, candidate)).version)
     champion = alias_version(client, name, CHAMPION)
     for _ in range(max_rounds):
         if champion == candidate:

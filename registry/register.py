@@ -1,4 +1,10 @@
-"""Register an evaluated model in the MLflow Model Registry with its evidence; alias it ``candidate``."""
+"""Register an evaluated model in the MLflow Model Registry with its evidence; alias it ``candidate``.
+
+Idempotent per training run: a rerun reuses the version an earlier register of the same run created
+(killed or not) and completes it, so each run has one version. The tag ``crackops.registered`` is
+set last, after the evidence tags, the description and the alias; ``crackops promote`` refuses a
+version without it.
+"""
 from __future__ import annotations
 
 import json
@@ -8,10 +14,13 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
 from pipeline.atomic import write_json
 from pipeline.errors import CrackopsError
 from registry.lineage import architecture
+from registry.promote import PROMOTION_HEADING
+from registry.versions import REGISTERED_TAG
 
 CANDIDATE_ALIAS = "candidate"
 # Scores copied onto the model version as tags: what a reviewer checks before promotion.
@@ -69,8 +78,46 @@ def describe(run: mlflow.entities.Run, metrics: dict[str, Any]) -> str:
     ])
 
 
+def existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The newest version of ``name`` made from ``run_id``: a rerun reuses it instead of adding another."""
+    if "'" in name:
+        raise CrackopsError(f"mlflow.registered_model {name!r} holds a quote ('), which the version search "
+                            "filter cannot take: choose a name without one")
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return max(found, key=lambda version: int(version.version), default=None)
+
+
+def merged_description(current: str | None, description: str) -> str:
+    """``description`` followed by the promotion paragraphs ``crackops promote`` appended to ``current``."""
+    _, heading, history = (current or "").partition(PROMOTION_HEADING)
+    return description + ("\n\n" + heading + history if heading else "")
+
+
+def complete_registration(client: MlflowClient, name: str, version: ModelVersion, tags: dict[str, str],
+                          description: str) -> None:
+    """Evidence tags, description and ``candidate``, then the marker last, so a kill leaves no marker.
+
+    A marked version whose evidence is about to change (re-evaluated run) is unmarked first.
+    """
+    number, current = str(version.version), dict(version.tags)
+    stale = [key for key in current if key.startswith("eval.") and key not in tags]
+    wanted = merged_description(version.description, description)
+    changed = bool(stale) or version.description != wanted or any(current.get(k) != v for k, v in tags.items())
+    if changed and REGISTERED_TAG in current:
+        client.delete_model_version_tag(name, number, REGISTERED_TAG)
+    for key in stale:
+        client.delete_model_version_tag(name, number, key)
+    for key, value in tags.items():
+        if current.get(key) != value:
+            client.set_model_version_tag(name, number, key, value)
+    if version.description != wanted:
+        client.update_model_version(name, number, description=wanted)
+    client.set_registered_model_alias(name, CANDIDATE_ALIAS, number)
+    client.set_model_version_tag(name, number, REGISTERED_TAG, "true")
+
+
 def register_candidate(run_file: Path, metrics_file: Path, model_name: str) -> Registration:
-    """Register the model logged by the training run; tag it with its scores; alias ``candidate``."""
+    """Register the training run's model (or reuse its version); tag it with its scores; alias ``candidate``."""
     run_info = read_json(run_file, "run `crackops train` with mlflow.enabled: true first")
     metrics = read_json(metrics_file, "run `crackops evaluate` first")
     if not run_info.get("run_id"):
@@ -79,9 +126,11 @@ def register_candidate(run_file: Path, metrics_file: Path, model_name: str) -> R
     mlflow.set_tracking_uri(run_info["tracking_uri"])
     client = MlflowClient()
     run = client.get_run(run_info["run_id"])
-    version = mlflow.register_model(run_info["model_uri"], model_name, tags=version_tags(run, metrics))
-    client.update_model_version(model_name, version.version, description=describe(run, metrics))
-    client.set_registered_model_alias(model_name, CANDIDATE_ALIAS, version.version)
+    tags = version_tags(run, metrics)
+    version = existing_version(client, model_name, run.info.run_id)
+    if version is None:
+        version = mlflow.register_model(run_info["model_uri"], model_name, tags=tags)
+    complete_registration(client, model_name, version, tags, describe(run, metrics))
     return Registration(model_name, str(version.version), run.info.run_id, run_info["model_uri"], CANDIDATE_ALIAS)
 
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # torch loads only where a model does
     from pipeline.params import Params
 
 CHAMPION, PREVIOUS_CHAMPION, CANDIDATE = "champion", "previous-champion", "candidate"
+# Set last by `crackops register`: a version without it was left by an interrupted register.
+REGISTERED_TAG = "crackops.registered"
 MLMODEL = "MLmodel"
 # The file names of pipeline.models.trained, which imports torch.
 WEIGHTS_FILE, PARAMS_FILE = "model.safetensors", "params.yaml"

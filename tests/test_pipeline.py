@@ -89,6 +89,12 @@ def test_dvc_repro_end_to_end_on_synthetic_data(tmp_path):
     third = run([str(BIN / "dvc"), "repro"], project)
     assert ran_stages(third.stdout) == ["train", "evaluate", "register"]
     assert json.loads((project / "outputs/register/registered.json").read_text())["version"] == "2"
+    # Forced again on the same run, register reuses that run's version instead of adding a third.
+    forced = run([str(BIN / "dvc"), "repro", "--force", "--single-item", "register"], project)
+    assert ran_stages(forced.stdout) == ["register"]
+    assert json.loads((project / "outputs/register/registered.json").read_text())["version"] == "2"
+    versions = client.search_model_versions("name='crack-segmenter'", order_by=["version_number"])
+    assert [version.version for version in versions] == [1, 2]
 
     # `dvc metrics show`: the headline file only, from this run's train and evaluate outputs.
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)

@@ -31,12 +31,13 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from pipeline.errors import CrackopsError
 from pipeline.params import PromoteParams, load_params
 from registry.gate import decide, metric_value, render_table
 from registry.lease import LEASE_TAG, Lease, LeaseError, LeaseSettings, read_lease
 from registry.local_server import free_port, running_mlflow_server, stop_process_group, wait_until_up
 from registry.promote import SuiteEvaluator, promote, render_promotion
-from registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version, load_version_model
+from registry.versions import CHAMPION, PREVIOUS_CHAMPION, REGISTERED_TAG, alias_version, load_version_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -136,6 +137,132 @@ def test_promote_params_validation() -> None:
     assert load_params("missing.yaml", ["promote.margin=0.01"]).promote.margin == 0.01
 
 
+# --- registration on a local SQLite store: one version per run, interrupted registers ----------
+
+@pytest.fixture
+def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The cwd: a SQLite store, a run with a (metadata-only) logged model, its run file, metrics and params.yaml."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(uri)
+    runs = {}
+    for label in ("a", "b"):
+        with mlflow.start_run(run_name=label, tags={"git.commit": "abc123"}) as run:
+            model = mlflow.create_external_model(name="model")
+        (tmp_path / f"train-{label}").mkdir()
+        (tmp_path / f"train-{label}/mlflow_run.json").write_text(json.dumps(
+            {"run_id": run.info.run_id, "tracking_uri": uri, "model_uri": model.model_uri}))
+        (tmp_path / f"eval-{label}").mkdir()
+        (tmp_path / f"eval-{label}/metrics.json").write_text(json.dumps({"test": {"f1": 0.5, "iou": 0.25}}))
+        runs[label] = run.info.run_id
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"train": {"out_dir": "train-a"}, "eval": {"out_dir": "eval-a"},
+         "mlflow": {"tracking_uri": uri, "registered_model": NAME}}))
+    yield {"uri": uri, "runs": runs, "root": tmp_path}
+    mlflow.set_tracking_uri(None)
+
+
+def _versions(client: MlflowClient) -> dict[str, str]:
+    """version -> run id, of every version of NAME."""
+    return {str(mv.version): mv.run_id for mv in client.search_model_versions(f"name='{NAME}'")}
+
+
+def test_register_twice_keeps_one_version_per_run(local_registry: dict[str, Any],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    client, (a, b) = MlflowClient(local_registry["uri"]), local_registry["runs"].values()
+    assert _crackops("register") == 0
+    assert _crackops("register") == 0
+    line = f"registered {NAME} version 1 (run {a}) with alias 'candidate'"
+    assert capsys.readouterr().out.splitlines() == [line, line]
+    assert _crackops("register", "-S", "train.out_dir=train-b", "-S", "eval.out_dir=eval-b") == 0
+    assert _crackops("register") == 0  # back to run a: its version again, and candidate with it
+    assert _versions(client) == {"1": a, "2": b}
+    assert alias_version(client, NAME, "candidate") == "1"
+    assert json.loads(Path("outputs/register/registered.json").read_text())["version"] == "1"
+    version = client.get_model_version(NAME, "1")
+    assert version.tags == {"eval.test.f1": "0.5", "eval.test.iou": "0.25", "git.commit": "abc123", "run_id": a,
+                            REGISTERED_TAG: "true"}
+    assert version.description.startswith(f"Trained by run {a}: ")
+
+
+def test_a_model_name_with_a_quote_is_refused(tmp_path: Path) -> None:
+    from registry.register import existing_version
+
+    with pytest.raises(CrackopsError) as refused:
+        existing_version(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), "it's", "0" * 32)
+    assert str(refused.value) == ("mlflow.registered_model \"it's\" holds a quote ('), which the version search "
+                                  "filter cannot take: choose a name without one")
+
+
+@pytest.mark.parametrize("killed_at", ["register_model", "update_model_version", "set_registered_model_alias",
+                                       "set_model_version_tag"])
+def test_an_interrupted_register_is_refused_by_promote_and_completed_by_a_rerun(
+        local_registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        killed_at: str) -> None:
+    """Killed right after mlflow.register_model, or at each later step (the marker tag is the last one)."""
+    from registry import register
+
+    client, run_id = MlflowClient(local_registry["uri"]), local_registry["runs"]["a"]
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    if killed_at == "register_model":
+        monkeypatch.setattr(register, "complete_registration", killed)
+    else:
+        monkeypatch.setattr(MlflowClient, killed_at, killed)
+    assert _crackops("register") == 130
+    monkeypatch.undo()
+    monkeypatch.chdir(local_registry["root"])
+    orphan = client.get_model_version(NAME, "1")
+    assert orphan.tags["eval.test.f1"] == "0.5" and REGISTERED_TAG not in orphan.tags
+    assert alias_version(client, NAME, "candidate") == ("1" if killed_at == "set_model_version_tag" else None)
+
+    message = (f"model '{NAME}' version 1 was never fully registered (its `crackops register` was interrupted): "
+               f"rerun `crackops register` for run {run_id}")
+    capsys.readouterr()
+    assert _crackops("promote", "--version", "1") == 2
+    assert capsys.readouterr().err == f"crackops promote: error: {message}\n"
+    with pytest.raises(CrackopsError) as refused:
+        promote(client, NAME, "1", PromoteParams(), FakeEvaluator({"1": 0.9}))
+    assert str(refused.value) == message
+
+    assert _crackops("register") == 0
+    assert _versions(client) == {"1": run_id}
+    done = client.get_model_version(NAME, "1")
+    assert done.tags[REGISTERED_TAG] == "true" and done.description.startswith(f"Trained by run {run_id}: ")
+    assert alias_version(client, NAME, "candidate") == "1"
+    result = promote(client, NAME, "1", PromoteParams(floor=0.5), FakeEvaluator({"1": 0.9}))
+    assert result.applied and alias_version(client, NAME, CHAMPION) == "1"
+
+
+def test_reregistering_a_reevaluated_run_updates_its_evidence_and_keeps_its_promotion_history(
+        local_registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    client, run_id = MlflowClient(local_registry["uri"]), local_registry["runs"]["a"]
+    assert _crackops("register") == 0
+    promote(client, NAME, "1", PromoteParams(floor=0.5), FakeEvaluator({"1": 0.9}))
+    promoted = client.get_model_version(NAME, "1").description
+    head, history = promoted.split("#### Promotion")
+    Path("eval-a/metrics.json").write_text(json.dumps({"test": {"f1": 0.75}}))
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # killed halfway through the update: the version is unmarked first
+        patch.setattr(MlflowClient, "update_model_version", killed)
+        assert _crackops("register") == 130
+    halfway = client.get_model_version(NAME, "1")
+    assert halfway.tags["eval.test.f1"] == "0.75" and REGISTERED_TAG not in halfway.tags
+    assert _crackops("register") == 0
+    version = client.get_model_version(NAME, "1")
+    assert _versions(client) == {"1": run_id}
+    assert version.tags["eval.test.f1"] == "0.75" and "eval.test.iou" not in version.tags
+    assert version.tags[REGISTERED_TAG] == "true" and version.tags["promotion.decision"] == "passed"
+    assert "| test f1 | 0.7500 |" in version.description and "| test f1 | 0.5000 |" in head
+    assert version.description.endswith("#### Promotion" + history)
+
+
 # --- a real tracking server ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -217,13 +344,19 @@ def _train_evaluate_register(root: Path, label: str, logit: float, sweep: bool =
 
 @pytest.fixture(scope="module")
 def models(workspace: Path, server: str) -> dict[str, Any]:
-    """Versions 1 (all crack, from a sweep trial), 2 (no crack) and 3 (version 1's run registered again)."""
+    """Versions 1 (all crack, from a sweep trial), 2 (no crack) and 3 (a copy of version 1, aliased candidate).
+
+    `crackops register` now reuses a run's version, so version 3 is made as older registers made it:
+    a second, fully registered version of the same run.
+    """
     good_run, sweep_run = _train_evaluate_register(workspace, "all-crack", ALL_CRACK, sweep=True)
     bad_run, _ = _train_evaluate_register(workspace, "no-crack", NO_CRACK)
-    from pipeline.tracking.tracked_training import RUN_FILE
-    from registry.register import register_candidate
-
-    register_candidate(workspace / "train-all-crack" / RUN_FILE, workspace / "eval-all-crack/metrics.json", NAME)
+    client = MlflowClient(server)
+    source = client.get_model_version(NAME, "1")
+    copy = client.create_model_version(NAME, source.source, run_id=source.run_id, tags=dict(source.tags),
+                                       description=source.description, model_id=source.source.removeprefix("models:/"))
+    client.set_registered_model_alias(NAME, "candidate", copy.version)
+    assert str(copy.version) == "3" and source.tags[REGISTERED_TAG] == "true"
     return {"good_run": good_run, "bad_run": bad_run, "sweep_run": sweep_run,
             "runs": {"1": good_run, "2": bad_run, "3": good_run}}
 
@@ -460,7 +593,7 @@ def _fresh_model(client: MlflowClient, versions: int, champion: str | None) -> s
     name = f"race-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
     for _ in range(versions):
-        client.create_model_version(name, source.source, run_id=source.run_id,
+        client.create_model_version(name, source.source, run_id=source.run_id, tags={REGISTERED_TAG: "true"},
                                     model_id=source.source.removeprefix("models:/"))
     if champion:
         client.set_registered_model_alias(name, CHAMPION, champion)
