@@ -479,7 +479,7 @@ def test_compare_prints_and_writes_markdown(server: str, models: dict[str, Any],
     written = out_file.read_text()
     assert printed in written and written.startswith("# Model comparison")
     rows = [line for line in written.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[0].startswith("| Model | Method | P | R | F1 | IoU | ODS | AP |")
+    assert rows[0].startswith("| Model | Method | P | R | F1 | IoU | F1 img-mean | IoU img-mean | ODS | AP |")
     assert any(row.startswith("| no-crack | sam/vit_tiny full | 0.0000") for row in rows)
     assert any(row.startswith(f"| {NAME} v3 ") for row in rows) and any("@champion" in row for row in rows)
     assert "6,643,440" in written and " ± " in written
