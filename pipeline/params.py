@@ -262,6 +262,11 @@ class OptunaWorkerParams(_Section):
     # grace_period seconds is taken as dead (its worker killed or its host lost) and run again.
     heartbeat_interval: int = Field(10, ge=1)
     grace_period: int = Field(60, ge=1)
+    # A trial whose worker died (preempted, killed, its host lost) is run again this many times;
+    # at the next death its grid point is given up, named in the summary, and the sweep exits non-zero.
+    # Trials that fail on their own (NaN loss, an invalid combination) are never run again; ones
+    # stopped with the sweep (Ctrl-C, an error) are always run again on resume and count nothing.
+    max_interrupted_retries: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> "OptunaWorkerParams":

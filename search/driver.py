@@ -27,8 +27,8 @@ from search.mlflow_sweep import close_parent, log_summary, open_parent, sweep_pa
 from search.objective import TAG_BACKEND, TAG_STUDY, winning_values
 from search.optuna_plots import save_plots
 from search.results import (
-    BestTrial, SweepSummary, TrialRow, format_summary, format_table, retrain_command, trial_line, write_best,
-    write_trials_csv,
+    BestTrial, SweepSummary, TrialRow, format_summary, format_table, params_text, retrain_command, trial_line,
+    write_best, write_trials_csv,
 )
 from search.states import COMPLETE, FINISHED_STATES, RUNNING, WAITING, count_states
 
@@ -216,8 +216,14 @@ def _drive(backend: SweepBackend) -> SweepSummary:
     elif summary.counts[WAITING]:
         print(f"{summary.counts[WAITING]} queued trial(s) not run: the study has its {plan.n_trials} finished trials "
               "(--n-trials); rerun the same command with a larger --n-trials, or without it, to run them", flush=True)
+    problems = []
     if outcome.errors:
         numbers = ", ".join(str(row.number) for row in outcome.errors)
-        raise SweepError(f"trial(s) {numbers} errored ({outcome.errors[0].note}); fix the cause and rerun the same "
-                         "command: errored trials continue from their last checkpoint")
+        problems.append(f"trial(s) {numbers} errored ({outcome.errors[0].note}); fix the cause and rerun the same "
+                        "command: errored trials continue from their last checkpoint")
+    # A point the study will not run again though it never finished: the sweep is short of what it drew.
+    problems += [f"trial {row.number} ({params_text(row.params)}) {row.given_up}"
+                 for row in summary.rows if row.given_up]
+    if problems:
+        raise SweepError("\n".join(problems))
     return summary

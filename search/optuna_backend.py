@@ -17,7 +17,10 @@ study once:
   ``sweep.optuna.heartbeat_interval`` seconds; one silent for ``grace_period`` seconds (its worker
   was killed, its host lost) is failed by whichever worker notices first and queued again by
   Optuna's retry callback, with its MLflow run ended FAILED. No host names or PIDs, so workers
-  in containers or other PID namespaces never fail each other's healthy trials.
+  in containers or other PID namespaces never fail each other's healthy trials. A trial whose
+  worker dies more than ``sweep.optuna.max_interrupted_retries`` times (it may be what kills it,
+  e.g. through the kernel's OOM killer) is given up: named in the summary, its run tagged so,
+  the sweep's exit status non-zero; a rerun with a larger cap runs it again.
 * a worker with nothing to take while other trials still run **waits** for them (one may die and
   come back as a retry) instead of leaving: nothing is lost when a worker dies.
 * rerunning the command resumes: finished trials are kept, trials stopped by Ctrl-C or by an error
@@ -49,6 +52,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # the same beat Stu
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.dblock import DatabaseLockError, connect_args, database_lock, masked_url, sqlite_file
+from pipeline.params import OptunaWorkerParams
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
@@ -61,7 +65,6 @@ from search.samplers import make_sampler
 from search.space import SearchSpace
 from search.states import COMPLETE, FAILED, PRUNED, RUNNING, STATES, WAITING
 
-MAX_RETRY = 2  # a trial that keeps killing its worker (e.g. the kernel's OOM killer) is dropped
 STATE_NAMES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
                TrialState.RUNNING: RUNNING, TrialState.WAITING: WAITING}
 SCHEMA_LOCK = "crackops-optuna-schema"
@@ -77,28 +80,58 @@ A_WORKER = "worker"  # host and pid, for people reading the study; never used to
 S_SPACE, S_SPACE_SHA = "sweep.space", "sweep.space_sha256"
 S_PARENT = "mlflow.parent_run_id"
 S_GRID_DONE, S_GRID_SEED, S_GRID_POINTS, S_GRID_SIZE = "grid.enqueued", "grid.seed", "grid.points", "grid.size"
+S_GIVEN_UP = "trials.given_up"  # {trial number: deaths of its worker} for trials not run again
 # Optuna's own bookkeeping of retries (see RetryHeartbeatStaleTrialCallback).
 RETRY_HISTORY, RETRY_OF, FIXED_PARAMS = "retry_history", "failed_trial", "fixed_params"
+# Trial system attr: how often the workers of this grid point's attempts died (Ctrl-C's count nothing).
+DEATHS = "crackops.worker_deaths"
+MAX_INTERRUPTED_RETRIES = OptunaWorkerParams.model_fields["max_interrupted_retries"].default
+
+
+def given_up_reason(deaths: int, cap: int | None) -> str:
+    """The note and MLflow fail reason of a trial not run again: says it was given up, and how to run it."""
+    return (f"given up after {deaths} interruption{'s' if deaths != 1 else ''} (its worker died each time; "
+            f"sweep.optuna.max_interrupted_retries={cap}); rerun with a larger cap to run it again")
 
 
 class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, with a clean slate of user attrs for the new attempt and a
-    hook (``on_retry``) that closes the dead trial's MLflow run."""
+    hook (``on_retry``) that closes the dead trial's MLflow run.
 
-    def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
+    The cap counts the deaths of a point's workers (``DEATHS``), not Optuna's retry history, which
+    also holds the requeues after Ctrl-C: a sweep stopped by hand costs its trials nothing. A trial
+    over the cap is recorded in the study (``S_GIVEN_UP``) rather than dropped without a word.
+    """
+
+    def __init__(self, max_retry: int | None = MAX_INTERRUPTED_RETRIES) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "experimental"
-            super().__init__(max_retry=max_retry)
+            super().__init__(max_retry=None)  # the cap is ours: see the class docstring
+        self.max_retry = max_retry
         self.on_retry: Callable[[optuna.Study, FrozenTrial], None] | None = None
         self.retried: list[int] = []  # numbers of the dead trials this process queued again
+        self.given_up: list[int] = []  # numbers of the dead trials this process gave up
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        clean = copy.deepcopy(trial)
-        clean.user_attrs = {}
-        super().__call__(study, clean)
-        self.retried.append(trial.number)
+        deaths = trial.system_attrs.get(DEATHS, 0) + 1
+        if self.max_retry is not None and deaths > self.max_retry:
+            given_up = dict(study.user_attrs.get(S_GIVEN_UP, {}))  # under the study's lock (recover_trials)
+            given_up[str(trial.number)] = deaths
+            study.set_user_attr(S_GIVEN_UP, given_up)
+            self.given_up.append(trial.number)
+            print(f"trial {trial.number}: {given_up_reason(deaths, self.max_retry)}", flush=True)
+        else:
+            self.requeue(study, trial, deaths)
+            self.retried.append(trial.number)
         if self.on_retry is not None:
             self.on_retry(study, trial)
+
+    def requeue(self, study: optuna.Study, trial: FrozenTrial, deaths: int) -> None:
+        """Queue ``trial``'s point again as a new trial that carries ``deaths``."""
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {}
+        clean.system_attrs[DEATHS] = deaths
+        super().__call__(study, clean)
 
 
 def make_storage(url: str, retry: RetryStaleTrial | None = None, heartbeat_interval: int = 10,
@@ -239,7 +272,8 @@ def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, ret
     under the study's lock (two workers must not queue one trial twice).
 
     * RUNNING with a stale heartbeat (Optuna's own check, its retry callback) or none at all;
-    * FAIL with ``interrupted`` and no retry yet (Ctrl-C or a sweep-stopping error).
+    * FAIL with ``interrupted`` and no retry yet (Ctrl-C or a sweep-stopping error);
+    * given up earlier, when the cap (``retry.max_retry``) has been raised since.
     """
     already = len(retry.retried)
     with warnings.catch_warnings():
@@ -258,12 +292,20 @@ def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, ret
     interrupted = [trial for trial in trials_in(study, TrialState.FAIL) if trial.user_attrs.get(A_INTERRUPTED)]
     if interrupted:
         retried = _retried_numbers(study.get_trials(deepcopy=False))
-        # No retry limit here: being stopped with the sweep is no fault of the trial's.
-        requeue = RetryStaleTrial(max_retry=None)
+        # No retry limit here: being stopped with the sweep is no fault of the trial's, nor a death.
         for trial in interrupted:
             if trial.number not in retried:
-                requeue(study, trial)
+                retry.requeue(study, trial, trial.system_attrs.get(DEATHS, 0))
                 recovered.append(trial.number)
+    given_up = study.user_attrs.get(S_GIVEN_UP, {})
+    again = {number: deaths for number, deaths in given_up.items()
+             if retry.max_retry is None or deaths <= retry.max_retry}
+    if again:
+        for number, deaths in again.items():
+            retry.requeue(study, storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, int(number))), deaths)
+            recovered.append(int(number))
+        study.set_user_attr(S_GIVEN_UP, {n: d for n, d in given_up.items() if n not in again})
     return sorted(recovered)
 
 
@@ -348,7 +390,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
     return frozen
 
 
-def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int] | None = None) -> TrialRow:
+def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int] | None = None,
+              given_up: str = "") -> TrialRow:
     attrs = trial.user_attrs
     params = attrs.get(A_PARAMS) or space.decode(trial.params)
     if not params and FIXED_PARAMS in trial.system_attrs:  # a queued grid point not yet started
@@ -357,6 +400,8 @@ def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int]
     notes = []
     if attrs.get(A_FAIL_REASON):
         notes.append(attrs[A_FAIL_REASON])
+    elif given_up:  # first: the table shows a note's start
+        notes.append(given_up)
     elif trial.state == TrialState.FAIL:
         notes.append(f"interrupted: {attrs[A_INTERRUPTED]}" if attrs.get(A_INTERRUPTED)
                      else "its worker stopped beating (killed or lost)")
@@ -366,17 +411,21 @@ def trial_row(space: SearchSpace, trial: FrozenTrial, retried_as: dict[int, int]
         notes.append(f"retry of trial {trial.system_attrs[RETRY_HISTORY][-1]}")
     value = trial.value if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
     seconds = trial.duration.total_seconds() if trial.duration else None
-    return TrialRow(trial.number, STATE_NAMES[trial.state], value, params, epochs, seconds, "; ".join(notes))
+    return TrialRow(trial.number, STATE_NAMES[trial.state], value, params, epochs, seconds, "; ".join(notes),
+                    given_up)
 
 
-def all_rows(study: optuna.Study, space: SearchSpace) -> list[TrialRow]:
+def all_rows(study: optuna.Study, space: SearchSpace, cap: int | None) -> list[TrialRow]:
+    """Every trial as a row; ``cap`` (the worker deaths a trial is allowed) explains the given-up ones."""
     trials = study.get_trials(deepcopy=False)
     retried_as = {}
     for trial in trials:
         history = trial.system_attrs.get(RETRY_HISTORY, [])
         if history:
             retried_as[history[-1]] = trial.number
-    return [trial_row(space, trial, retried_as) for trial in trials]
+    given_up = {int(number): given_up_reason(deaths, cap)
+                for number, deaths in study.user_attrs.get(S_GIVEN_UP, {}).items()}
+    return [trial_row(space, trial, retried_as, given_up.get(trial.number, "")) for trial in trials]
 
 
 def trials_in(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
@@ -462,7 +511,7 @@ class OptunaBackend(SweepBackend):
     def __init__(self, config: SweepConfig) -> None:
         super().__init__(config)
         self.settings = config.base.sweep.optuna
-        self.retry = RetryStaleTrial()
+        self.retry = RetryStaleTrial(self.settings.max_interrupted_retries)
         self.grid = config.sampler_name == "grid-fraction"
         self.storage: optuna.storages.RDBStorage | None = None
         self.study: optuna.Study | None = None
@@ -498,7 +547,7 @@ class OptunaBackend(SweepBackend):
             self.study.set_user_attr(S_PARENT, run_id)
 
     def rows(self) -> list[TrialRow]:
-        return all_rows(self.study, self.config.space)
+        return all_rows(self.study, self.config.space, self.retry.max_retry)
 
     def _takes_queued_without_lock(self) -> bool:
         """Whether a queued trial can be taken without the study's lock.
@@ -525,12 +574,18 @@ class OptunaBackend(SweepBackend):
                 return trial or new_trial(self.study), None
         if counts[RUNNING]:
             return None, None
-        return None, "every drawn grid point has run"
+        given_up = sorted(map(int, self.study.user_attrs.get(S_GIVEN_UP, {})))
+        return None, "every drawn grid point has run" + (
+            f" or was given up (trial(s) {', '.join(map(str, given_up))})" if given_up else "")
 
     def run(self, parent_id: str | None, report: Callable[[TrialRow], None]) -> RunOutcome:
         study, storage, space = self.study, self.storage, self.config.space
         if parent_id is not None:
             def close_runs(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+                # Given-up trials first, each with its own reason: the rest are retried.
+                for number, deaths in study.user_attrs.get(S_GIVEN_UP, {}).items():
+                    close_orphan_children(parent_id, f"interrupted: the worker stopped; "
+                                          f"{given_up_reason(deaths, self.retry.max_retry)}", lambda: {int(number)})
                 close_orphan_children(parent_id, "interrupted: the worker stopped; the trial is retried",
                                       lambda: {t.number for t in trials_in(study, TrialState.FAIL)})
 

@@ -36,6 +36,7 @@ class TrialRow:
     epochs: int | None = None
     seconds: float | None = None
     note: str = ""
+    given_up: str = ""  # why the trial's point is not run again though it never finished, else ""
 
 
 @dataclass
@@ -94,7 +95,7 @@ def write_trials_csv(rows: list[TrialRow], out_dir: Path) -> Path | None:
     return path
 
 
-def _params_text(params: dict[str, Any]) -> str:
+def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{key}={format_value(value)}" for key, value in params.items())
 
 
@@ -111,7 +112,7 @@ def trial_line(row: TrialRow, metric: str) -> str:
         extra.append(f"{row.seconds:.0f}s")
     tail = f" [{', '.join(extra)}]" if extra else ""
     note = f"  ({row.note})" if row.note else ""
-    return f"trial {row.number} {row.state} {metric} {_value_text(row.value)}  {_params_text(row.params)}{tail}{note}"
+    return f"trial {row.number} {row.state} {metric} {_value_text(row.value)}  {params_text(row.params)}{tail}{note}"
 
 
 def format_table(rows: list[TrialRow], metric: str) -> str:
@@ -133,6 +134,8 @@ def format_summary(summary: SweepSummary, epochs: int, sweep_overrides: Sequence
     """The closing block: counts, the best trial, its files and the command that retrains it."""
     counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items() if n)
     lines = [f"study {summary.study!r}: {counts or 'no trials'}"]
+    lines += [f"trial {row.number} ({params_text(row.params)}) not run again: {row.given_up}"
+              for row in summary.rows if row.given_up]
     if summary.parent_run_id:
         lines.append(f"MLflow sweep run {summary.parent_run_id}")
     if summary.best is None:
@@ -144,7 +147,7 @@ def format_summary(summary: SweepSummary, epochs: int, sweep_overrides: Sequence
         return "\n".join(lines)
     best = summary.best
     lines.append(f"best {summary.metric} {best.value:.4f} (trial {best.number})")
-    lines.append(f"best params: {_params_text(best.values)}")
+    lines.append(f"best params: {params_text(best.values)}")
     lines += [f"written: {path}" for path in summary.files]
     lines.append("retrain the winner on the full schedule, evaluate and register it:")
     lines.append(f"  {summary.command}")

@@ -345,6 +345,91 @@ def test_only_trials_without_a_recent_heartbeat_are_requeued(tmp_path: Path) -> 
     assert optuna_backend.recover_trials(study, storage, retry, grace_period=30) == []  # nothing twice
 
 
+class _WorkerDied(BaseException):
+    """The worker process gone between taking a trial and its first heartbeat (SIGKILL, preemption)."""
+
+
+@pytest.mark.parametrize("cap, given_up", [(1, True), (2, False)])
+def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path, tiny_prepared: Path, monkeypatch,
+                                                                   capsys, cap: int, given_up: bool) -> None:
+    """The point loss.lambda=0.3 loses its worker twice: within a cap of 2 it is run a third time and
+    completes; past a cap of 1 it is given up, named, the exit status is 2 and its MLflow run says so,
+    and a rerun with a larger cap runs it."""
+    import datetime
+
+    import sqlalchemy
+
+    from search.objective import TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE
+
+    (in_tmp / "three.yaml").write_text(
+        "epochs: 1\nsampler: grid-fraction\ngrid_fraction: 1.0\n"
+        "parameters:\n  loss.lambda: {type: categorical, choices: [0.3, 0.6, 0.9]}\n")
+    space = load_space(str(in_tmp / "three.yaml"))
+    storage, tracking = f"sqlite:///{in_tmp}/sweeps.db", f"sqlite:///{in_tmp}/mlflow.db"
+    kills = 2
+    died: list[int] = []
+
+    def stub(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+        return TrialResult(chosen["loss.lambda"], FitResult(), space.trial_params(base_tree, chosen), None)
+
+    real_run_one = optuna_backend.run_one
+
+    def dying_worker(study, trial, objective):
+        point = space.decode(study._storage.get_trial(trial._trial_id).system_attrs["fixed_params"])
+        if point["loss.lambda"] == 0.3 and len(died) < kills:
+            died.append(trial.number)
+            parent = mlflow.active_run().info  # the trial's run started, as run_trial's would
+            mlflow.MlflowClient().create_run(parent.experiment_id, tags={
+                "mlflow.parentRunId": parent.run_id, TAG_NUMBER: str(trial.number), TAG_STATE: "running"})
+            with optuna_backend._rdb(study).engine.begin() as connection:  # taken long before, never beat
+                connection.execute(sqlalchemy.text("update trials set datetime_start = :t where trial_id = :id"),
+                                   {"t": datetime.datetime.now() - datetime.timedelta(hours=1), "id": trial._trial_id})
+            raise _WorkerDied
+        return real_run_one(study, trial, objective)
+
+    monkeypatch.setattr(optuna_backend, "run_trial", stub)
+    monkeypatch.setattr(optuna_backend, "run_one", dying_worker)
+
+    def sweep(max_retries: int) -> int:
+        return cli.main(["sweep", "three.yaml", "--params", "missing.yaml", "--storage", storage, *(
+            arg for item in _tiny_overrides(tiny_prepared, f"mlflow.tracking_uri={tracking}",
+                                            f"sweep.optuna.max_interrupted_retries={max_retries}")
+            for arg in ("-S", item))])
+
+    for _ in range(kills):
+        with pytest.raises(_WorkerDied):
+            sweep(cap)
+    capsys.readouterr()
+    status = sweep(cap)
+    out, err = capsys.readouterr()
+    study = _study(storage, "three")
+    complete = sorted(t.user_attrs["params"]["loss.lambda"] for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    client = mlflow.MlflowClient(tracking)
+    runs = {int(run.data.tags[TAG_NUMBER]): run for run in client.search_runs(
+        [client.get_experiment_by_name("crackops").experiment_id]) if TAG_NUMBER in run.data.tags}
+    first, last = died
+    assert (runs[first].info.status, runs[first].data.tags[TAG_FAIL_REASON]) == (
+        "FAILED", "interrupted: the worker stopped; the trial is retried")
+    reason = ("given up after 2 interruptions (its worker died each time; sweep.optuna.max_interrupted_retries=1); "
+              "rerun with a larger cap to run it again")
+    if not given_up:
+        assert status == 0 and complete == [0.3, 0.6, 0.9] and err == ""
+        assert f"requeued interrupted trial(s) {last}" in out
+        assert study.trials[-1].system_attrs["failed_trial"] == first and study.trials[-1].state == TrialState.COMPLETE
+        return
+    assert status == 2 and complete == [0.6, 0.9]
+    assert f"trial {last}: {reason}" in out
+    assert f"trial {last} (loss.lambda=0.3) not run again: {reason}" in out  # the closing summary
+    assert re.search(rf"^{last}\s+failed\s+-\s+-\s+0.3\s+given up after 2 interruptions", out, re.MULTILINE)
+    assert f"nothing to run: every drawn grid point has run or was given up (trial(s) {last})" in out
+    assert err == f"crackops sweep: error: trial {last} (loss.lambda=0.3) {reason}\n"
+    assert (runs[last].info.status, runs[last].data.tags[TAG_FAIL_REASON]) == (
+        "FAILED", f"interrupted: the worker stopped; {reason}")
+    assert sweep(2) == 0  # the cap raised: the point runs again
+    assert f"requeued interrupted trial(s) {last}" in capsys.readouterr().out
+    assert _study(storage, "three").trials[-1].state == TrialState.COMPLETE
+
+
 # --- command line and small pieces -----------------------------------------------------------------
 
 def test_invalid_space_file_names_the_key(in_tmp: Path, tiny_prepared: Path, capsys) -> None:
