@@ -288,7 +288,8 @@ def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, ret
         except UpdateFinishedTrialError:
             continue
         retry(study, storage.get_trial(trial._trial_id))
-        recovered.append(trial.number)
+        if trial.number not in retry.given_up:
+            recovered.append(trial.number)
     interrupted = [trial for trial in trials_in(study, TrialState.FAIL) if trial.user_attrs.get(A_INTERRUPTED)]
     if interrupted:
         retried = _retried_numbers(study.get_trials(deepcopy=False))

@@ -418,7 +418,7 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
         assert study.trials[-1].system_attrs["failed_trial"] == first and study.trials[-1].state == TrialState.COMPLETE
         return
     assert status == 2 and complete == [0.6, 0.9]
-    assert f"trial {last}: {reason}" in out
+    assert f"trial {last}: {reason}" in out and "requeued interrupted trial(s)" not in out
     assert f"trial {last} (loss.lambda=0.3) not run again: {reason}" in out  # the closing summary
     assert re.search(rf"^{last}\s+failed\s+-\s+-\s+0.3\s+given up after 2 interruptions", out, re.MULTILINE)
     assert f"nothing to run: every drawn grid point has run or was given up (trial(s) {last})" in out
