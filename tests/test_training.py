@@ -68,6 +68,24 @@ def test_changed_params_do_not_resume_stale_state(tmp_path, tiny_params):
     assert len(outcome.fit.history) == 3 and outcome.fit.history[0].epoch == 0
 
 
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_unreadable_resume_state_is_discarded_with_a_warning(tmp_path, tiny_params, capsys, name):
+    # A truncated file (full disk, cut-short copy) once failed every rerun with a raw torch traceback.
+    params = tiny_params("train.epochs=2")
+    out = tmp_path / "train"
+    with pytest.raises(KeyboardInterrupt):
+        train_from_params(params, [Recorder(stop_after=1)], out_dir=out, progress=False)
+    state = tmp_path / "train.partial" / name
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
+    outcome = train_from_params(params, out_dir=out, progress=False)
+    assert [h.epoch for h in outcome.fit.history] == [0, 1]  # started over
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"warning: cannot read resume state {state}; discarding it and starting training over"]
+    assert "resuming" not in captured.out and (out / "model.safetensors").is_file()
+
 def test_early_stopping_stops_when_f1_does_not_improve(tiny_params):
     # A vanishing learning rate freezes the model, so validation F1 cannot improve after epoch 1.
     outcome = train_from_params(tiny_params("train.epochs=6", "train.lr=1e-12", "train.early_stopping_patience=2"),

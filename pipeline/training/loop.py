@@ -60,6 +60,11 @@ def fit(
     last_path = config.work_dir / "last.pt" if config.work_dir else None
     best_path = config.work_dir / "best.pt" if config.work_dir else None
     resumed = load_state(last_path) if last_path else None
+    saved_best = load_state(best_path) if resumed is not None else None
+    if resumed is not None and saved_best is None:
+        # best.pt was unreadable (load_state said so): without it the state is incomplete, so start over.
+        last_path.unlink()
+        resumed = None
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -67,7 +72,7 @@ def fit(
         scaler.load_state_dict(resumed["scaler"])
         result.history = [EpochResult(**item) for item in resumed["history"]]
         result.best_epoch, result.best_val = resumed["best_epoch"], resumed["best_val"]
-        best_state = load_state(best_path)
+        best_state = saved_best
         start_epoch = resumed["epoch"] + 1
         print(f"resuming from {last_path} at epoch {start_epoch + 1}", flush=True)
 
