@@ -68,7 +68,7 @@ def measure(workers: int, trials_per_worker: int, trial_seconds: float, storage:
     folder.mkdir()
     (folder / "grid.yaml").write_text(grid_space(points))
     study = f"coordination-w{workers}-{int(time.time())}"
-    argv = ["sweep", str(folder / "grid.yaml"), "--params", "missing.yaml", "--storage", storage, "--study", study,
+    argv = ["sweep", str(folder / "grid.yaml"), "--storage", storage, "--study", study,
             "-S", f"data.prepared_dir={prepared}", "-S", "mlflow.enabled=false"]
     pool = WorkerPool(folder, workers, trial_seconds)
     try:

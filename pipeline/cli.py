@@ -1,7 +1,8 @@
 """``crackops``: the command line. Each subcommand is a thin entry point over library code.
 
-Every subcommand reads ``params.yaml`` (``--params`` to choose another file) and takes
-``-S key=value`` overrides with dotted keys and YAML-parsed values, like ``dvc exp run -S``.
+Every subcommand reads ``params.yaml`` (the built-in defaults where there is none; ``--params``
+names another file, which must exist) and takes ``-S key=value`` overrides with dotted keys and
+YAML-parsed values, like ``dvc exp run -S``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.atomic import write_json
-from pipeline.errors import CrackopsError
+from pipeline.errors import CrackopsError, ParamsError
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 RUN_FILE = "mlflow_run.json"
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     from search.backends import BACKENDS
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
+    common.add_argument("--params", type=Path, default=None,
+                        help="params file (default: params.yaml, or the built-in defaults where there is none)")
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S train.lr=5e-4 (repeatable)")
     common.add_argument("--recipe", default=None, metavar="NAME",
@@ -317,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _params_file(given: Path | None) -> Path:
+    """Only the implicit params.yaml may be absent: a mistyped --params would train on the defaults."""
+    if given is None:
+        return DEFAULT_PARAMS_FILE
+    if not given.is_file():
+        raise ParamsError(f"--params {given}: no such file")
+    return given
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -324,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.recipes import load_recipe
 
             args.overrides = [*load_recipe(args.recipe).overrides(), *args.overrides]
+        args.params = _params_file(args.params)
         params = load_params(args.params, args.overrides)
         return COMMANDS[args.command](params, args) or 0
     except CrackopsError as error:

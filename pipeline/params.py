@@ -72,6 +72,14 @@ class DataParams(_Section):
         return value
 
     @model_validator(mode="after")
+    def _training_split_left(self) -> "DataParams":
+        # Caught here, not as a traceback from the split: the sum leaves no image to train on.
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.val_fraction {self.val_fraction} + data.test_fraction {self.test_fraction} "
+                             "must be below 1, leaving images to train on")
+        return self
+
+    @model_validator(mode="after")
     def _one_subset_rule(self) -> "DataParams":
         if self.train_fraction is not None and self.shots_per_dataset is not None:
             raise ValueError("set data.train_fraction or data.shots_per_dataset, not both")

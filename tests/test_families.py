@@ -24,6 +24,8 @@ from pipeline.params import load_params
 from pipeline.training.run import SUBSET_FILE, build_loaders, train_from_params
 from pipeline.tuning import count_parameters
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 SAM_LITE_TOTAL = 6_167_445  # TinyViT-5M stages 5,071,124 + neck 672,768 + crack head 423,553
 SAM_LITE_HEAD = 423_553
 
@@ -137,10 +139,10 @@ def test_sam_lite_model_saved_before_student_stride_reloads_at_stride_32(tmp_pat
 
 
 def test_count_params_sam_lite_matches_the_study(capsys):
-    assert main(["count-params", "--params", "missing.yaml", "-S", "model.family=sam_lite", "--json"]) == 0
+    assert main(["count-params", "--params", DEFAULTS, "-S", "model.family=sam_lite", "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert counts == {"trainable": SAM_LITE_TOTAL, "total": SAM_LITE_TOTAL}  # about 6.2M, as Table 1
-    assert main(["count-params", "--params", "missing.yaml", "-S", "model.family=sam_lite",
+    assert main(["count-params", "--params", DEFAULTS, "-S", "model.family=sam_lite",
                  "-S", "tuning.method=decoder", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable"] == SAM_LITE_HEAD
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +19,8 @@ from pipeline.models.trained import load_trained_model
 from pipeline.params import ModelParams, load_params
 from pipeline.training.run import train_from_params
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 CLASS_TOKENS = "model.mask_head=class_tokens"
 
 
@@ -27,7 +30,7 @@ def tiny(*overrides: str):
 
 
 def count(capsys, *overrides: str) -> int:
-    args = ["count-params", "--params", "missing.yaml", "--json"]
+    args = ["count-params", "--params", DEFAULTS, "--json"]
     for item in overrides:
         args += ["-S", item]
     assert main(args) == 0

@@ -12,6 +12,8 @@ from pipeline.cli import main
 from pipeline.errors import ParamsError
 from pipeline.params import Params, apply_overrides, load_params, parse_override
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,10 +77,32 @@ def test_malformed_override_and_yaml_file(tmp_path):
 
 
 def test_cli_reports_bad_key_without_traceback(capsys):
-    assert main(["count-params", "--params", "missing.yaml", "-S", "train.lrr=1"]) == 2
+    assert main(["count-params", "--params", DEFAULTS, "-S", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert "train.lrr: unknown parameter" in err and "Traceback" not in err
 
+
+
+def test_a_missing_params_file_is_an_error_but_a_missing_default_means_defaults(tmp_path, monkeypatch, capsys):
+    # A mistyped --params once trained silently on the built-in defaults.
+    from pipeline import cli
+
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "prepare", lambda params, args: seen.append(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "--params", "parms.yaml"]) == 2
+    assert capsys.readouterr().err == "crackops prepare: error: --params parms.yaml: no such file\n"
+    assert main(["prepare"]) == 0 and seen == [Params()]  # no params.yaml here: the defaults, as --help says
+
+
+def test_val_and_test_fractions_must_leave_training_images(capsys):
+    assert main(["count-params", "--params", DEFAULTS, "-S", "data.val_fraction=0.4",
+                 "-S", "data.test_fraction=0.6"]) == 2
+    assert capsys.readouterr().err == (
+        f"crackops count-params: error: invalid parameters in {DEFAULTS} with overrides data.val_fraction=0.4 "
+        "data.test_fraction=0.6:\n"
+        "  data: Value error, data.val_fraction 0.4 + data.test_fraction 0.6 must be below 1, "
+        "leaving images to train on\n")
 
 def test_console_script_count_params_json(tmp_path):
     exe = Path(sys.executable).with_name("crackops")
@@ -92,7 +116,7 @@ def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path):
     # `crackops lineage | head`: the reader goes away mid-output; no traceback, exit 141 as SIGPIPE.
     script = ("import sys\nfrom pipeline import cli\n"
               "cli.COMMANDS['prepare'] = lambda params, args: [print('x' * 200) for _ in range(100_000)]\n"
-              "sys.exit(cli.main(['prepare', '--params', 'missing.yaml']))\n")
+              "sys.exit(cli.main(['prepare']))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     proc.stdout.readline()

@@ -10,6 +10,8 @@ from pipeline.cli import main
 from pipeline.params import load_params
 from pipeline.recipes import RecipeError, load_recipe, recipe_names
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["cracksam", "deeplabv3", "lightweight_sam", "sac"]
 # Shrinks a recipe to tiny random-weight models on tiny data; the rest of the recipe stays.
@@ -40,7 +42,7 @@ def test_readme_shows_each_recipe_table_as_it_is(name: str) -> None:
 
 
 def test_recipe_command_prints_dvc_args_that_give_the_same_params(capsys) -> None:
-    assert main(["recipe", "deeplabv3", "--params", "missing.yaml", "--dvc-args"]) == 0
+    assert main(["recipe", "deeplabv3", "--params", DEFAULTS, "--dvc-args"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith("-S ") for line in lines)
     values = [line[len("-S "):].strip("'") for line in lines]
@@ -48,7 +50,7 @@ def test_recipe_command_prints_dvc_args_that_give_the_same_params(capsys) -> Non
 
 
 def test_unknown_recipe_is_one_clear_line(capsys) -> None:
-    assert main(["train", "--params", "missing.yaml", "--recipe", "samed"]) == 2
+    assert main(["train", "--params", DEFAULTS, "--recipe", "samed"]) == 2
     assert "no recipe 'samed'; shipped: cracksam, deeplabv3, lightweight_sam, sac" in capsys.readouterr().err
     with pytest.raises(RecipeError, match="no recipe"):
         load_recipe("nope")
@@ -57,7 +59,7 @@ def test_unknown_recipe_is_one_clear_line(capsys) -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("recipes")
-    args = ["--params", "missing.yaml", *(f"-S{item}" for item in TINY),
+    args = ["--params", DEFAULTS, *(f"-S{item}" for item in TINY),
             f"-Sdata.prepared_dir={folder / 'prepared'}", "-Sdata.synthetic.n_images=12", "-Sdata.synthetic.size=64"]
     assert main(["prepare", *args]) == 0
     return folder
@@ -66,7 +68,7 @@ def prepared(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_one_epoch_end_to_end(name: str, prepared: Path) -> None:
     out = prepared / name
-    args = ["--params", "missing.yaml", "--recipe", name, *(f"-S{item}" for item in TINY),
+    args = ["--params", DEFAULTS, "--recipe", name, *(f"-S{item}" for item in TINY),
             f"-Sdata.prepared_dir={prepared / 'prepared'}", f"-Sdistill.out_dir={out / 'distill'}",
             f"-Smodel.student_checkpoint={out / 'distill/student.safetensors'}",
             f"-Strain.out_dir={out / 'train'}", f"-Seval.out_dir={out / 'eval'}"]

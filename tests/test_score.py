@@ -12,6 +12,8 @@ from pipeline.cli import main
 from test_metrics import FOUR_IMAGE_MEANS, FOUR_IMAGE_POOLED, four_image_fixture
 from test_tolerance_rules import fixtures as tolerance_fixtures
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 
 def write_folders(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]], names: list[str] | None = None,
                   mask_scale: int = 255) -> tuple[Path, Path]:
@@ -27,7 +29,7 @@ def write_folders(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]], names:
 
 
 def score_json(capsys, *args: str) -> dict:
-    code = main(["score", *args, "--json", "--params", "missing.yaml"])
+    code = main(["score", *args, "--json", "--params", DEFAULTS])
     out = capsys.readouterr()
     assert code == 0, out.err
     return json.loads(out.out)
@@ -58,13 +60,13 @@ def test_score_applies_the_chosen_tolerance_rule(tmp_path, capsys):
 
 def test_score_prints_one_line_without_json(tmp_path, capsys):
     pred_dir, mask_dir = write_folders(tmp_path, tolerance_fixtures()[:1])
-    assert main(["score", str(pred_dir), str(mask_dir), "--params", "missing.yaml"]) == 0
+    assert main(["score", str(pred_dir), str(mask_dir), "--params", DEFAULTS]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "square rule, 2 px: ODS 0.6667" in lines[0]
 
 
 def score_error(capsys, *args: str) -> str:
-    assert main(["score", *args, "--params", "missing.yaml"]) == 2
+    assert main(["score", *args, "--params", DEFAULTS]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     return err

@@ -31,6 +31,8 @@ from search.samplers import make_sampler
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, format_value
 from search.space import load_space
 
+DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
+
 # A 4-point grid of 1-epoch trials: one trains, one blows up (NaN loss), two are invalid
 # combinations (lambda > 1 for lambda_bce_dice), so a real sweep costs about one training.
 FAILING_SPACE = """
@@ -265,7 +267,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
         "epochs: 1\nsampler: grid-fraction\ngrid_fraction: 1.0\n"
         "parameters:\n  loss.lambda: {type: categorical, choices: [0.3, 0.6, 0.9]}\n")
     db = tmp_path / "sweeps.db"
-    command = [sys.executable, "-m", "pipeline.cli", "sweep", "resume.yaml", "--params", "missing.yaml",
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "resume.yaml",
                "--storage", f"sqlite:///{db}", *(arg for item in _tiny_overrides(
                    tiny_prepared, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                    # The killed trial's beat goes stale 2 s after the kill; the restart takes longer.
@@ -434,12 +436,12 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
 
 def test_invalid_space_file_names_the_key(in_tmp: Path, tiny_prepared: Path, capsys) -> None:
     (in_tmp / "bad.yaml").write_text("epochs: 1\nparameters:\n  train.lrr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
-    argv = ["sweep", "bad.yaml", "--params", "missing.yaml", "-S", f"data.prepared_dir={tiny_prepared}"]
+    argv = ["sweep", "bad.yaml", "--params", DEFAULTS, "-S", f"data.prepared_dir={tiny_prepared}"]
     assert cli.main(argv) == 2
     error = capsys.readouterr().err
     assert "train.lrr" in error and "bad.yaml" in error
     (in_tmp / "bad2.yaml").write_text("epochs: 1\nparameters:\n  train.lr: {type: float, low: 1.0e-3}\n")
-    assert cli.main(["sweep", "bad2.yaml", "--params", "missing.yaml"]) == 2
+    assert cli.main(["sweep", "bad2.yaml", "--params", DEFAULTS]) == 2
     assert "parameters.train.lr" in capsys.readouterr().err
 
 
@@ -448,7 +450,7 @@ def test_an_unreachable_storage_is_one_line_naming_it(in_tmp: Path, tiny_prepare
 
     port = free_port()  # nobody listens on it
     url = f"postgresql://me:s3cret@127.0.0.1:{port}/optuna"
-    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--storage", url,
+    assert cli.main(["sweep", "sac-config3", "--params", DEFAULTS, "--storage", url,
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "s3cret" not in error
@@ -491,13 +493,13 @@ def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path, 
     seen = {}
     monkeypatch.setattr("search.backends.run_sweep", lambda backend, config: seen.update(
         device=config.base.train.device, epochs=config.space.epochs))
-    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--device", "cuda:1",
+    assert cli.main(["sweep", "sac-config3", "--params", DEFAULTS, "--device", "cuda:1",
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
     assert seen["device"] == "cuda:1"
-    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "--epochs", "1",
+    assert cli.main(["sweep", "sac-config3", "--params", DEFAULTS, "--epochs", "1",
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
     assert seen["epochs"] == 1  # the space's 4 epochs per trial, shortened from the command line
-    assert cli.main(["sweep", "sac-config3", "--params", "missing.yaml", "-S", "train.epochs=2",
+    assert cli.main(["sweep", "sac-config3", "--params", DEFAULTS, "-S", "train.epochs=2",
                      "-S", f"data.prepared_dir={tiny_prepared}"]) == 0
     assert seen["epochs"] == 4 and "-S train.epochs does not change that; use --epochs" in capsys.readouterr().out
     assert pick_device("cpu") == torch.device("cpu")

@@ -36,7 +36,7 @@ N_WORKERS = 4
 
 def _sweep_argv(space: Path, storage: str, prepared: Path, *extra: str) -> list[str]:
     overrides = [f"data.prepared_dir={prepared}", "data.img_size=64", *extra]
-    return ["sweep", str(space), "--params", "missing.yaml", "--storage", storage,
+    return ["sweep", str(space), "--storage", storage,
             *(arg for item in overrides for arg in ("-S", item))]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.atomic import write_json
 from pipeline.data.prepare import load_manifest, prepare_dataset
 from pipeline.data.synthetic import generate_dataset
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, ParamsError
 from pipeline.params import DataParams, Params
 
 SYNTHETIC_ROOT = Path("data/synthetic")
@@ -31,11 +31,24 @@ def synthetic_dataset(data: DataParams, domain: str, n_images: int, seed_offset:
     return folder
 
 
+def _check_apart(folder: Path, key: str, other: Path, other_key: str) -> None:
+    """Preparing replaces the folders it writes wholesale: one overlapping a dataset would destroy it."""
+    a, b = folder.resolve(), other.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise ParamsError(f"{key} {folder} overlaps {other_key} {other}; preparing replaces the "
+                          "folders it writes, so keep the two apart")
+
+
+def _source_folder(data: DataParams) -> Path:
+    return SYNTHETIC_ROOT / SYNTHETIC_DOMAIN if data.source == "synthetic" else Path(data.source)
+
+
 def resolve_source(data: DataParams) -> Path:
     """The dataset folder behind ``data.source``, generating the synthetic default if needed."""
+    folder = _source_folder(data)
+    _check_apart(Path(data.prepared_dir), "data.prepared_dir", folder, "data.source")
     if data.source == "synthetic":
         return synthetic_dataset(data, SYNTHETIC_DOMAIN, data.synthetic.n_images)
-    folder = Path(data.source)
     if not folder.exists():
         raise DatasetError(f"data.source: dataset folder {folder} does not exist "
                            "(use 'synthetic' or a folder with images/ and masks/)")
@@ -85,6 +98,11 @@ def _prepare_training_data(data: DataParams) -> dict:
 def prepare_from_params(params: Params) -> dict:
     """Prepare ``data.source`` into ``data.prepared_dir`` and each zero-shot set; return the manifest."""
     data = params.data
+    # Stale sets are deleted from the zero-shot sets' folder below: keep every other folder out of it.
+    others = [(_source_folder(data), "data.source"), (Path(data.prepared_dir), "data.prepared_dir"),
+              *((Path(entry), "eval.zero_shot entry") for entry in params.eval.zero_shot if entry != SYNTHETIC_ZERO_SHOT)]
+    for folder, key in others:
+        _check_apart(folder, key, ZERO_SHOT_ROOT, "the zero-shot sets' folder")
     manifest = _prepare_training_data(data)
     sets = zero_shot_sets(params)
     counts: dict[str, int] = {}
