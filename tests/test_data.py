@@ -402,26 +402,29 @@ def test_prepare_refuses_to_overwrite_its_source(synthetic_dir: Path) -> None:
         prepare_dataset(synthetic_dir, synthetic_dir.parent, 32, 0.2, 0.2, seed=0)
 
 
-
-@pytest.mark.parametrize("source, prepared, message", [
-    ("cracks", "cracks", "data.prepared_dir cracks overlaps data.source cracks"),
-    ("cracks", "cracks/prepared", "data.prepared_dir cracks/prepared overlaps data.source cracks"),
-    ("raw/all", "raw", "data.prepared_dir raw overlaps data.source raw/all"),
-    ("synthetic", "data/synthetic", "data.prepared_dir data/synthetic overlaps data.source data/synthetic/pavement"),
-    ("synthetic", "data/zero_shot/prepared",
+@pytest.mark.parametrize("overrides, message", [
+    (["data.source=cracks", "data.prepared_dir=cracks"], "data.prepared_dir cracks overlaps data.source cracks"),
+    (["data.source=cracks", "data.prepared_dir=cracks/prepared"],
+     "data.prepared_dir cracks/prepared overlaps data.source cracks"),
+    (["data.source=raw/all", "data.prepared_dir=raw"], "data.prepared_dir raw overlaps data.source raw/all"),
+    (["data.prepared_dir=data/synthetic"],
+     "data.prepared_dir data/synthetic overlaps data.source data/synthetic/pavement"),
+    (["data.prepared_dir=data/zero_shot/prepared"],
      "data.prepared_dir data/zero_shot/prepared overlaps the zero-shot sets' folder data/zero_shot"),
+    (["eval.zero_shot=[data/zero_shot/cfd]"],
+     "eval.zero_shot entry data/zero_shot/cfd overlaps the zero-shot sets' folder data/zero_shot"),
 ])
-def test_prepare_names_both_keys_when_folders_overlap(tmp_path, monkeypatch, capsys, source, prepared, message):
+def test_prepare_names_both_keys_when_folders_overlap(tmp_path, monkeypatch, capsys, overrides, message):
     # Once a raw ValueError traceback; preparing would have replaced the dataset with its own output.
     from pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
     defaults = Path(__file__).with_name("defaults.yaml")
-    assert main(["prepare", "--params", str(defaults), "-S", f"data.source={source}",
-                 "-S", f"data.prepared_dir={prepared}"]) == 2
+    assert main(["prepare", "--params", str(defaults), *(arg for item in overrides for arg in ("-S", item))]) == 2
     assert capsys.readouterr().err == (f"crackops prepare: error: {message}; preparing replaces the folders "
                                        "it writes, so keep the two apart\n")
     assert list(tmp_path.iterdir()) == []  # refused before generating or writing anything
+
 
 def test_load_manifest_explains_missing_and_broken(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="run `crackops prepare` first"):

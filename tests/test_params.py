@@ -104,6 +104,7 @@ def test_val_and_test_fractions_must_leave_training_images(capsys):
         "  data: Value error, data.val_fraction 0.4 + data.test_fraction 0.6 must be below 1, "
         "leaving images to train on\n")
 
+
 def test_console_script_count_params_json(tmp_path):
     exe = Path(sys.executable).with_name("crackops")
     out = subprocess.run([str(exe), "count-params", "--json", "-S", "tuning.method=decoder"],

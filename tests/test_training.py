@@ -86,6 +86,7 @@ def test_unreadable_resume_state_is_discarded_with_a_warning(tmp_path, tiny_para
         f"warning: cannot read resume state {state}; discarding it and starting training over"]
     assert "resuming" not in captured.out and (out / "model.safetensors").is_file()
 
+
 def test_early_stopping_stops_when_f1_does_not_improve(tiny_params):
     # A vanishing learning rate freezes the model, so validation F1 cannot improve after epoch 1.
     outcome = train_from_params(tiny_params("train.epochs=6", "train.lr=1e-12", "train.early_stopping_patience=2"),

@@ -99,8 +99,9 @@ def prepare_from_params(params: Params) -> dict:
     """Prepare ``data.source`` into ``data.prepared_dir`` and each zero-shot set; return the manifest."""
     data = params.data
     # Stale sets are deleted from the zero-shot sets' folder below: keep every other folder out of it.
+    entries = [entry for entry in params.eval.zero_shot if entry != SYNTHETIC_ZERO_SHOT]
     others = [(_source_folder(data), "data.source"), (Path(data.prepared_dir), "data.prepared_dir"),
-              *((Path(entry), "eval.zero_shot entry") for entry in params.eval.zero_shot if entry != SYNTHETIC_ZERO_SHOT)]
+              *((Path(entry), "eval.zero_shot entry") for entry in entries)]
     for folder, key in others:
         _check_apart(folder, key, ZERO_SHOT_ROOT, "the zero-shot sets' folder")
     manifest = _prepare_training_data(data)
