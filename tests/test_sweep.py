@@ -393,7 +393,7 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
     monkeypatch.setattr(optuna_backend, "run_one", dying_worker)
 
     def sweep(max_retries: int) -> int:
-        return cli.main(["sweep", "three.yaml", "--params", "missing.yaml", "--storage", storage, *(
+        return cli.main(["sweep", "three.yaml", "--params", DEFAULTS, "--storage", storage, *(
             arg for item in _tiny_overrides(tiny_prepared, f"mlflow.tracking_uri={tracking}",
                                             f"sweep.optuna.max_interrupted_retries={max_retries}")
             for arg in ("-S", item))])
