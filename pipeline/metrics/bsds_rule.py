@@ -27,7 +27,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
-from pipeline.metrics.curves import threshold_grid
+from pipeline.metrics.curves import PerImageBest, threshold_grid
 from pipeline.metrics.thinning import thin
 
 
@@ -101,11 +101,10 @@ class BSDSRuleMeter:
         self.thresholds = threshold_grid(n_thresholds)
         self._sums = np.zeros((4, len(self.thresholds)), dtype=np.int64)  # count_r, sum_r, count_p, sum_p
         self._best = np.zeros(4, dtype=np.int64)
-        self._best_f: list[float] = []
-        self._best_t: list[float] = []
+        self._per_image = PerImageBest(self.thresholds)
 
     def __len__(self) -> int:
-        return len(self._best_f)
+        return len(self._per_image)
 
     @staticmethod
     def describe(tolerance: int, n_thresholds: int) -> str:
@@ -154,19 +153,15 @@ class BSDSRuleMeter:
         counts = self.image_counts(prob, target)
         self._sums += counts
         _, _, f = bsds_prf(*counts)
-        k = int(np.argmax(f))
-        self._best += counts[:, k]
-        self._best_f.append(float(f[k]))
-        self._best_t.append(float(self.thresholds[k]))
+        self._best += counts[:, self._per_image.add(f)]
 
     def per_image_best(self) -> list[tuple[float, float]]:
         """``(best F, its threshold)`` for each image, in update order."""
-        return list(zip(self._best_f, self._best_t))
+        return self._per_image.pairs()
 
     def compute(self) -> dict:
         """``ods, ods_threshold, ois, ap`` and ``pr_curve``."""
-        if not self._best_f:
-            raise ValueError("tolerance meter compute() called before any update()")
+        self._per_image.require_images()
         p, r, _ = bsds_prf(*self._sums)
         ods, ods_threshold = interpolated_best(self.thresholds, p, r)
         _, _, ois = bsds_prf(*self._best)

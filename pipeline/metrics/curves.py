@@ -32,3 +32,31 @@ def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     order = np.argsort(recall, kind="stable")
     r = np.concatenate([[0.0], recall[order]])
     return float(np.sum(np.diff(r) * precision[order]))
+
+
+class PerImageBest:
+    """Each image's best F over a threshold grid and the threshold reaching it: what OIS averages
+    (or, for BSDS, sums the counts of), shared by every tolerance rule."""
+
+    def __init__(self, thresholds: np.ndarray) -> None:
+        self.thresholds = thresholds
+        self.f: list[float] = []
+        self.threshold: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.f)
+
+    def add(self, f: np.ndarray) -> int:
+        """Record one image's F per threshold; returns the index of its best (lowest on ties)."""
+        k = int(np.argmax(f))
+        self.f.append(float(f[k]))
+        self.threshold.append(float(self.thresholds[k]))
+        return k
+
+    def pairs(self) -> list[tuple[float, float]]:
+        """``(best F, its threshold)`` for each image, in the order they were added."""
+        return list(zip(self.f, self.threshold))
+
+    def require_images(self) -> None:
+        if not self.f:
+            raise ValueError("tolerance meter compute() called before any update()")

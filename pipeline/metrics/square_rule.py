@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.metrics.curves import average_precision, prf, threshold_grid
+from pipeline.metrics.curves import PerImageBest, average_precision, prf, threshold_grid
 
 
 def square_dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:
@@ -61,11 +61,10 @@ class SquareRuleMeter:
         self._tp = np.zeros(n, dtype=np.int64)
         self._fp = np.zeros(n, dtype=np.int64)
         self._fn = np.zeros(n, dtype=np.int64)
-        self._best_f: list[float] = []
-        self._best_t: list[float] = []
+        self._per_image = PerImageBest(self.thresholds)
 
     def __len__(self) -> int:
-        return len(self._best_f)
+        return len(self._per_image)
 
     @staticmethod
     def describe(tolerance: int, n_thresholds: int) -> str:
@@ -111,18 +110,15 @@ class SquareRuleMeter:
         self._fp += fp
         self._fn += fn
         _, _, f = prf(tp, fp, fn)
-        k = int(np.argmax(f))
-        self._best_f.append(float(f[k]))
-        self._best_t.append(float(self.thresholds[k]))
+        self._per_image.add(f)
 
     def per_image_best(self) -> list[tuple[float, float]]:
         """``(best F, its threshold)`` for each image, in update order."""
-        return list(zip(self._best_f, self._best_t))
+        return self._per_image.pairs()
 
     def compute(self) -> dict:
         """``ods, ods_threshold, ois, ois_std, ap`` and ``pr_curve``; ties in F pick the lowest threshold."""
-        if not self._best_f:
-            raise ValueError("tolerance meter compute() called before any update()")
+        self._per_image.require_images()
         p, r, f = prf(self._tp, self._fp, self._fn)
         k = int(np.argmax(f))
         # Decreasing thresholds = increasing recall, the order the AP step sum walks.
@@ -130,8 +126,8 @@ class SquareRuleMeter:
         return {
             "ods": float(f[k]),
             "ods_threshold": float(self.thresholds[k]),
-            "ois": float(np.mean(self._best_f)),
-            "ois_std": float(np.std(self._best_f, ddof=0)),
+            "ois": float(np.mean(self._per_image.f)),
+            "ois_std": float(np.std(self._per_image.f, ddof=0)),
             "ap": ap,
             "pr_curve": {"threshold": self.thresholds.tolist(), "precision": p.tolist(), "recall": r.tolist()},
         }
