@@ -30,13 +30,13 @@ from pipeline.errors import CrackopsError
 from pipeline.params import Params, PromoteParams
 from registry.gate import Decision, GateRow, decide, render_table
 from registry.lease import Lease, LeaseSettings
+from registry.markers import PROMOTION_HEADING
 from registry.versions import (CHAMPION, PREVIOUS_CHAMPION, REGISTERED_TAG, RegistryError, alias_version,
                                get_version)
 
 TAG = "promotion"
 MAX_TAG_TEXT = 1000
 MAX_DESCRIPTION = 4500  # MLflow stores up to 5000 characters
-PROMOTION_HEADING = "#### Promotion"
 Hook = Callable[[str], None]
 
 

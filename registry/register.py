@@ -19,8 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from pipeline.atomic import write_json
 from pipeline.errors import CrackopsError
 from registry.lineage import architecture
-from registry.promote import PROMOTION_HEADING
-from registry.versions import REGISTERED_TAG
+from registry.markers import PROMOTION_HEADING, REGISTERED_TAG
 
 CANDIDATE_ALIAS = "candidate"
 # Scores copied onto the model version as tags: what a reviewer checks before promotion.

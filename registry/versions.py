@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from pipeline.errors import CrackopsError
+from registry.markers import REGISTERED_TAG  # noqa: F401 - re-exported: promote and the tests read it here
 
 if TYPE_CHECKING:  # torch loads only where a model does
     from torch import nn
@@ -26,8 +27,6 @@ if TYPE_CHECKING:  # torch loads only where a model does
     from pipeline.params import Params
 
 CHAMPION, PREVIOUS_CHAMPION, CANDIDATE = "champion", "previous-champion", "candidate"
-# Set last by `crackops register`: a version without it was left by an interrupted register.
-REGISTERED_TAG = "crackops.registered"
 MLMODEL = "MLmodel"
 # The file names of pipeline.models.trained, which imports torch.
 WEIGHTS_FILE, PARAMS_FILE = "model.safetensors", "params.yaml"

@@ -146,6 +146,7 @@ def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("register")  # not the experiment id an earlier test left active
     runs = {}
     for label in ("a", "b"):
         with mlflow.start_run(run_name=label, tags={"git.commit": "abc123"}) as run:
