@@ -197,3 +197,23 @@ def test_history_csv_keeps_a_metric_missing_from_early_epochs() -> None:
     header, first, second = history_csv(result).splitlines()
     assert header.split(",")[-2:] == ["val_f1", "val_pixel_ap"]
     assert first.endswith(",0.1,") and second.endswith(",0.2,0.3")
+
+
+def test_validation_loss_is_the_training_loss_on_the_validation_split(tiny_params):
+    """val_loss (what `train.plateau_metric: val_loss` watches): the batch-size-weighted mean of the
+    training loss over the validation split, for the epoch's weights."""
+    from pipeline.losses import build_loss
+    from pipeline.training.inference import logit_batches
+
+    params = tiny_params("train.epochs=1", "train.batch_size=2")
+    outcome = train_from_params(params, progress=False)  # one epoch: the kept weights are the epoch's
+    loss = params.loss
+    loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma)
+    _, val_loader = build_loaders(params)
+    total, seen = 0.0, 0
+    for logits, masks in logit_batches(outcome.model, val_loader, torch.device("cpu")):
+        total += loss_fn(logits, masks).item() * masks.shape[0]
+        seen += masks.shape[0]
+    (epoch,) = outcome.fit.history
+    assert epoch.val["loss"] == pytest.approx(total / seen, rel=1e-5)
+    assert epoch.metrics()["val_loss"] == epoch.val["loss"]
