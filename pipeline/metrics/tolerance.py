@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.metrics.bsds_rule import BSDSRuleMeter
-from pipeline.metrics.curves import average_precision, prf, threshold_grid
 from pipeline.metrics.square_rule import SquareRuleMeter
 
 
@@ -49,5 +48,4 @@ def tolerance_meter(name: str, tolerance: int = 2, n_thresholds: int = 99) -> To
     return tolerance_rule(name)(tolerance, n_thresholds)
 
 
-__all__ = ["TOLERANCE_RULES", "ToleranceRuleMeter", "average_precision", "prf", "threshold_grid",
-           "tolerance_meter", "tolerance_rule"]
+__all__ = ["TOLERANCE_RULES", "ToleranceRuleMeter", "tolerance_meter", "tolerance_rule"]
