@@ -105,12 +105,12 @@ def fit(
 
         meter = SegmentationMeter(threshold=config.threshold, with_tolerance=False)
         val_seen, val_loss_sum = 0, 0.0
-        with torch.no_grad():
-            for logits, masks in logit_batches(model, val_loader, device, amp_dtype):
-                # The training loss on held-out data: what the DeepLabV3 study's plateau schedule watches.
-                val_loss_sum += loss_fn(logits, masks.to(device)).item() * masks.shape[0]
-                val_seen += masks.shape[0]
-                meter.update(torch.sigmoid(logits).cpu(), masks)
+        # logit_batches runs without autograd, so its logits carry no graph into the loss below.
+        for logits, masks in logit_batches(model, val_loader, device, amp_dtype):
+            # The training loss on held-out data: what the DeepLabV3 study's plateau schedule watches.
+            val_loss_sum += loss_fn(logits, masks.to(device)).item() * masks.shape[0]
+            val_seen += masks.shape[0]
+            meter.update(torch.sigmoid(logits).cpu(), masks)
         val = {**meter.compute(), "loss": val_loss_sum / max(val_seen, 1)}
         schedule.step_epoch(val)
 
