@@ -1,13 +1,61 @@
-"""Atomic writes: a killed process never leaves a half-written file that a later run would trust."""
+"""Atomic writes: a killed process never leaves a half-written file that a later run would trust.
+
+Temporary names carry their writer's :func:`~pipeline.liveness.process_token`, so the next write
+of the same path removes what a killed writer left (a killed ``prepare`` leaves megabytes).
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from pipeline.liveness import owner_is_dead, process_token
+
+TMP_SUFFIX = ".tmp"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{process_token()}."
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete ``path``'s temporary siblings whose writer has died; returns what was removed.
+
+    Writers still alive, on another host or in another PID namespace are left alone.
+    """
+    head = f".{path.name}."
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.glob(f"{head}*{TMP_SUFFIX}"):
+        middle = candidate.name[len(head):-len(TMP_SUFFIX)].split(".")
+        if len(middle) != 2 or not owner_is_dead(middle[0]):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+        print(f"removed {candidate}: left by a killed run", file=sys.stderr, flush=True)
+    return removed
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A write that fails for want of space says which output it was (the OSError of ``write()``
+    names no file), so the user's one-line error points at the folder to clear."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
 
 
 @contextmanager
@@ -15,11 +63,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with _naming(path):
+            yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -31,12 +81,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        os.replace(old, path)  # killed between the two renames below: the previous version comes back
+    tmp_path = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent))
     try:
-        yield tmp_path
+        with _naming(path):
+            yield tmp_path
         if path.exists():
             # Two renames keep the window without a valid folder as short as the filesystem allows.
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp_path, path)

@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.atomic import write_json
-from pipeline.errors import CrackopsError, ParamsError
+from pipeline.errors import CrackopsError, ParamsError, storage_problem
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 RUN_FILE = "mlflow_run.json"
+# What a rerun after a full disk or a permission error picks up from (default: outputs are untouched).
+RERUN_HINTS = {
+    "train": "training resumes from its last whole epoch",
+    "embed": "embeddings already stored are reused",
+    "sweep": "the sweep resumes: rerun with the same --study and --storage",
+}
 Command = Callable[[Params, argparse.Namespace], int | None]
 COMMANDS: dict[str, Command] = {}
 
@@ -340,6 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](params, args) or 0
     except CrackopsError as error:
         print(f"crackops {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        problem = storage_problem(error)
+        if problem is None:
+            raise
+        hint = RERUN_HINTS.get(args.command, "finished outputs are untouched")
+        print(f"crackops {args.command}: error: {problem}; free space or fix permissions and rerun ({hint})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"crackops {args.command}: interrupted; finished outputs are untouched", file=sys.stderr)

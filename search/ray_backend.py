@@ -43,7 +43,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.params import Params
-from pipeline.tracking.mlflow_callback import epoch_metrics
 from pipeline.training.callbacks import Callback
 from pipeline.training.run import resume_dir
 from pipeline.tracking.setup import resolve_tracking_uri
@@ -138,8 +137,8 @@ class TuneTrialReporter(Callback):
 
     The last epoch is not reported here: Tune may stop a trial at any report (``tune.report`` then
     raises ``SystemExit``), so the trial's final result is sent only once its MLflow run is closed.
-    A restored trial logs the epochs of its checkpoint into its new MLflow run first, so every
-    run holds the whole history.
+    A restored trial's new MLflow run gets the epochs of its checkpoint first (the loop's
+    ``on_resume``), so every run holds the whole history.
     """
 
     def __init__(self, work: Path, epochs: int, history: list[dict[str, float]]) -> None:
@@ -154,8 +153,7 @@ class TuneTrialReporter(Callback):
         if not (self.work / "last.pt").is_file():
             self.history = []  # no state, or dropped for changed params: the loop starts over
         elif self.history and run is not None:
-            for step, metrics in enumerate(self.history, start=1):
-                mlflow.log_metrics(epoch_metrics(metrics), step=step)
+            # The checkpoint's epochs reach the new run through MlflowCallback.on_resume.
             mlflow.set_tag(TAG_RESUMED, str(len(self.history)))
 
     def report(self, step: int, value: float, metrics: dict[str, float]) -> None:

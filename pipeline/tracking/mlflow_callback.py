@@ -41,6 +41,16 @@ class MlflowCallback(Callback):
         self.synchronous = synchronous
         self._pending: list[RunOperations] = []
 
+    def on_resume(self, history: list[EpochResult]) -> None:
+        """Log the resumed epochs the run lacks (asynchronous logging dies with a killed process), so
+        a continued run's curves are whole from epoch 1."""
+        logged = {metric.step for metric in
+                  mlflow.MlflowClient().get_metric_history(self.run_id, epoch_metric_key("train_loss"))}
+        for result in history:
+            if result.epoch + 1 not in logged:
+                mlflow.log_metrics(epoch_metrics(result.metrics()), step=result.epoch + 1, run_id=self.run_id,
+                                   synchronous=True)
+
     def on_epoch_end(self, result: EpochResult) -> None:
         operation = mlflow.log_metrics(epoch_metrics(result.metrics()), step=result.epoch + 1, run_id=self.run_id,
                                        synchronous=self.synchronous)

@@ -10,6 +10,8 @@ import math
 import numbers
 import os
 import re
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,9 +30,11 @@ from pipeline.params import Params
 from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest, source_dvc_hash
 from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
+from pipeline.tracking.run_ownership import END_REASON_TAG, end_orphaned_runs, owner_tags, remember_run, resumable_run
 from pipeline.tracking.setup import configure
 from pipeline.training.callbacks import Callback
-from pipeline.training.run import HISTORY_FILE, METRICS_FILE, TrainOutcome, history_csv, train_from_params
+from pipeline.training.run import (HISTORY_FILE, METRICS_FILE, TrainOutcome, history_csv, train_from_params,
+                                   work_dir)
 from pipeline.visualize import overlay_panel
 
 RUN_FILE = "mlflow_run.json"
@@ -174,10 +178,15 @@ def _end_interrupted(callback: MlflowCallback, error: BaseException) -> None:
     status = "KILLED" if type(error).__name__ in KILLED_ERRORS else "FAILED"
     try:
         callback.flush()
-        mlflow.set_tag("crackops.end_reason", f"{type(error).__name__}: {error}"[:500])
+        mlflow.set_tag(END_REASON_TAG, f"{type(error).__name__}: {error}"[:500])
     except Exception:  # noqa: BLE001 - the original error is what the caller must see
         pass
-    mlflow.end_run(status)
+    run = mlflow.active_run()
+    try:
+        mlflow.end_run(status)
+    except Exception as store_error:  # noqa: BLE001 - e.g. the store's disk is the one that is full
+        print(f"warning: could not end MLflow run {run.info.run_id if run else '?'} {status} ({store_error}); "
+              "the next training on this host ends it", file=sys.stderr, flush=True)
 
 
 def train_with_tracking(
@@ -202,13 +211,25 @@ def train_with_tracking(
     experiment = dvc_experiment()
     if experiment and not nested:
         run_name = run_name or experiment[DVC_EXP_NAME_TAG]
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**lineage, **experiment, **(tags or {})},
-                           log_system_metrics=True)
+    # The resume folder (out_dir.partial) remembers its run: a rerun after a kill continues it.
+    work = work_dir(Path(out_dir), params) if out_dir is not None else None
+    continued = resumable_run(work, experiment_id) if not nested else None
+    run_tags = {**lineage, **experiment, **(tags or {}), **owner_tags()}
+    if continued:
+        run = mlflow.start_run(run_id=continued, tags=run_tags, log_system_metrics=True)
+        print(f"continuing MLflow run {continued} of the interrupted training", flush=True)
+    else:
+        run = mlflow.start_run(run_name=run_name, nested=nested, tags=run_tags, log_system_metrics=True)
     run_id = run.info.run_id
+    if not nested:
+        end_orphaned_runs(experiment_id, keep=run_id)
+    if work is not None:
+        remember_run(work, run_id, experiment_id)
     metric_logger = MlflowCallback(run_id)
     try:
         _log_inputs(params, lineage["data.manifest_sha256"])
-        outcome = train_from_params(params, [metric_logger, *callbacks], out_dir, progress)
+        outcome = train_from_params(params, [metric_logger, *callbacks], out_dir, progress,
+                                    keep_resume_state=True)
         model_uri = _log_outputs(params, outcome, out_dir)
         if out_dir is not None:
             write_json(Path(out_dir) / RUN_FILE, {
@@ -219,6 +240,8 @@ def train_with_tracking(
         _end_interrupted(metric_logger, error)
         raise
     mlflow.end_run("FINISHED")
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)  # only now: a kill while logging kept the trained epochs
     return outcome, run_id
 
 

@@ -44,6 +44,9 @@ class Callback:
     def on_train_start(self, total_epochs: int) -> None:
         pass
 
+    def on_resume(self, history: list[EpochResult]) -> None:
+        """Called after ``on_train_start`` when the loop resumed: ``history`` holds the epochs before."""
+
     def on_epoch_end(self, result: EpochResult) -> None:
         pass
 

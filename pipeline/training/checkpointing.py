@@ -11,8 +11,17 @@ from pipeline.atomic import atomic_path
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically; a full disk raises the OSError that says so, naming ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(state, file)
+        except RuntimeError as error:
+            # torch reports a failed write as "unexpected pos ..."; the OSError it hit is its context.
+            cause = error.__context__
+            if isinstance(cause, OSError) and cause.errno is not None:
+                raise OSError(cause.errno, cause.strerror, str(path)) from error
+            raise
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

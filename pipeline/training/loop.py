@@ -74,10 +74,19 @@ def fit(
         result.best_epoch, result.best_val = resumed["best_epoch"], resumed["best_val"]
         best_state = saved_best
         start_epoch = resumed["epoch"] + 1
-        print(f"resuming from {last_path} at epoch {start_epoch + 1}", flush=True)
+        result.stopped_early = bool(resumed.get("stopped_early", False))
+        if result.stopped_early or start_epoch >= config.epochs:
+            # Killed after its last epoch (while writing outputs or logging): nothing left to train.
+            start_epoch = config.epochs
+            print(f"training in {last_path} had finished; reusing it", flush=True)
+        else:
+            print(f"resuming from {last_path} at epoch {start_epoch + 1}", flush=True)
 
     for callback in callbacks:
         callback.on_train_start(config.epochs)
+    if resumed is not None:
+        for callback in callbacks:
+            callback.on_resume(result.history)
 
     for epoch in range(start_epoch, config.epochs):
         seed_epoch(config.seed, epoch, train_loader)
@@ -130,19 +139,20 @@ def fit(
             is_best=is_best,
         )
         result.history.append(epoch_result)
+        patience = config.early_stopping_patience
+        # Decided before saving, so a run killed after an early stop does not train on when resumed.
+        result.stopped_early = bool(patience and epoch - result.best_epoch >= patience)
         if last_path:
             save_state(last_path, {
                 "epoch": epoch, "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                 "history": [asdict(item) for item in result.history],
                 "best_epoch": result.best_epoch, "best_val": result.best_val,
+                "stopped_early": result.stopped_early,
             })
         for callback in callbacks:
             callback.on_epoch_end(epoch_result)
-
-        patience = config.early_stopping_patience
-        if patience and epoch - result.best_epoch >= patience:
-            result.stopped_early = True
+        if result.stopped_early:
             break
 
     model.load_state_dict(best_state)

@@ -117,14 +117,20 @@ def resume_dir(path: Path) -> Iterator[Path]:
         _RESUME_DIR.reset(token)
 
 
-def _work_dir(out_dir: Path | None, params: Params) -> Path | None:
+def partial_dir(out_dir: Path) -> Path:
+    """Where the training that writes ``out_dir`` keeps its resume state until it has finished."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
+def work_dir(out_dir: Path | None, params: Params) -> Path | None:
     """Resume state lives beside the outputs (or in :func:`resume_dir`); it is dropped when the params changed."""
     if out_dir is None:
         work = _RESUME_DIR.get()
         if work is None:
             return None
     else:
-        work = out_dir.with_name(out_dir.name + ".partial")
+        work = partial_dir(out_dir)
     digest_file = work / "params.sha256"
     digest = params_digest(params)
     if work.exists() and (not digest_file.is_file() or digest_file.read_text() != digest):
@@ -135,9 +141,15 @@ def _work_dir(out_dir: Path | None, params: Params) -> Path | None:
 
 
 def train_from_params(
-    params: Params, callbacks: Sequence[Callback] = (), out_dir: Path | None = None, progress: bool = True
+    params: Params, callbacks: Sequence[Callback] = (), out_dir: Path | None = None, progress: bool = True,
+    keep_resume_state: bool = False,
 ) -> TrainOutcome:
-    """Train the model ``params`` describe; write model, metrics and history to ``out_dir`` if given."""
+    """Train the model ``params`` describe; write model, metrics and history to ``out_dir`` if given.
+
+    ``out_dir``'s resume state (:func:`partial_dir`) is deleted once the outputs are written, unless
+    ``keep_resume_state``: then the caller deletes it after its own last step (tracked training
+    logs to MLflow first, so a kill while logging reruns nothing but the logging).
+    """
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     enable_tf32()
@@ -155,7 +167,7 @@ def train_from_params(
     loss = params.loss
     loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma,
                          sigmoid_focal_alpha=loss.sigmoid_focal_alpha, ce_weight=loss.ce_weight)
-    work = _work_dir(out_dir, params)
+    work = work_dir(out_dir, params)
     config = LoopConfig(
         epochs=params.train.epochs, seed=params.train.seed, threshold=params.eval.threshold,
         early_stopping_patience=params.train.early_stopping_patience, precision=params.train.precision,
@@ -176,5 +188,6 @@ def train_from_params(
                 "val": result.best_val, "trainable_params": parameters.trainable,
                 "total_params": parameters.total, "train_seconds": round(seconds, 2),
             })
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep_resume_state:
+            shutil.rmtree(work, ignore_errors=True)
     return TrainOutcome(result, model, parameters, seconds, out_dir)
