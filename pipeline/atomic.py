@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.errors import storage_error
 from pipeline.liveness import owner_is_dead, process_token
 
 TMP_SUFFIX = ".tmp"
@@ -48,13 +49,14 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
 @contextmanager
 def _naming(path: Path) -> Iterator[None]:
-    """A write that fails for want of space says which output it was (the OSError of ``write()``
-    names no file), so the user's one-line error points at the folder to clear."""
+    """A write that fails for want of space says which output it was: ``write()``'s OSError names
+    no file, and torch and safetensors wrap it in their own errors."""
     try:
         yield
-    except OSError as error:
-        if error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OSError(error.errno, error.strerror, str(path)) from error
+    except Exception as error:
+        found = storage_error(error)
+        if found is not None and found[1] is None and found[0] in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(found[0], os.strerror(found[0]), str(path)) from error
         raise
 
 

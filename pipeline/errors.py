@@ -47,18 +47,29 @@ def _chain(error: BaseException) -> list[BaseException]:
     return seen
 
 
-def storage_problem(error: BaseException) -> str | None:
-    """``"no space left on device: /data/x.png"`` when ``error`` (or what it wraps) is the system
-    refusing a write or a read for lack of space or permission; None for anything else."""
+def storage_error(error: BaseException) -> tuple[int, str | None] | None:
+    """``(errno, file)`` when ``error`` (or what it wraps) is the system refusing a write or a read
+    for lack of space or permission; None for anything else."""
     chain = _chain(error)
     for item in chain:
         if isinstance(item, OSError) and item.errno in _STORAGE_ERRNOS:
-            where = item.filename or next((other.filename for other in chain
-                                           if isinstance(other, OSError) and other.filename), None)
-            return _STORAGE_ERRNOS[item.errno] + (f": {where}" if where else "")
+            return item.errno, item.filename or next(
+                (other.filename for other in chain if isinstance(other, OSError) and other.filename), None)
     for item in chain:
         text = str(item).lower()
         for needle, number in _STORAGE_TEXTS.items():
             if needle in text:
-                return _STORAGE_ERRNOS[number] + (" (SQLite: database or disk is full)" if "database" in needle else "")
+                return number, None
     return None
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """``"no space left on device: /data/x.png"`` for a :func:`storage_error`, else None."""
+    found = storage_error(error)
+    if found is None:
+        return None
+    number, where = found
+    if where:
+        return f"{_STORAGE_ERRNOS[number]}: {where}"
+    sqlite = any("database or disk is full" in str(item).lower() for item in _chain(error))
+    return _STORAGE_ERRNOS[number] + (" (SQLite: database or disk is full)" if sqlite else "")

@@ -11,17 +11,10 @@ from pipeline.atomic import atomic_path
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically; a full disk raises the OSError that says so, naming ``path``."""
-    with atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as file:
-                torch.save(state, file)
-        except RuntimeError as error:
-            # torch reports a failed write as "unexpected pos ..."; the OSError it hit is its context.
-            cause = error.__context__
-            if isinstance(cause, OSError) and cause.errno is not None:
-                raise OSError(cause.errno, cause.strerror, str(path)) from error
-            raise
+    # Through a Python file object, so that a full disk surfaces as an OSError (atomic_path names
+    # the file); writing to a path, torch reports only "unexpected pos ...".
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:
