@@ -426,6 +426,40 @@ def test_prepare_names_both_keys_when_folders_overlap(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == []  # refused before generating or writing anything
 
 
+def test_prepare_reports_pairing_and_content_problems_in_one_run(tmp_path, monkeypatch, capsys):
+    # Once pairing problems stopped prepare before any file was read: the bad contents surfaced one
+    # fix-and-rerun later. One run now names every file at fault.
+    from pipeline.cli import main
+
+    source = _make_flat(tmp_path / "src", ["good1", "good2", "truncated", "empty", "small", "text"], h=30, w=40)
+    rng = np.random.default_rng(1)
+    _write(source / "images" / "orphan.png", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    _write(source / "masks" / "lonely.png", _square_mask(30, 40))
+    (source / "images" / "truncated.png").unlink()
+    jpeg = _write(source / "images" / "truncated.jpg", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    (source / "masks" / "empty.png").write_bytes(b"")
+    _write(source / "masks" / "small.png", _square_mask(20, 25))
+    (source / "images" / "text.png").write_text("a text file with an image's name\n")
+
+    monkeypatch.chdir(tmp_path)
+    defaults = Path(__file__).with_name("defaults.yaml")
+    assert main(["prepare", "--params", str(defaults), "-S", f"data.source={source}",
+                 "-S", "data.prepared_dir=prepared", "-S", "eval.zero_shot=[]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"crackops prepare: error: dataset {source} has 6 problem(s):\n")
+    lines = err.splitlines()[1:]
+    assert lines == [
+        "  - missing mask for images/orphan.png",
+        "  - mask without image: masks/lonely.png",
+        "  - masks/empty.png: unreadable mask: empty file (0 bytes)",
+        "  - masks/small.png: mask is 25x20 but image images/small.png is 40x30",
+        "  - images/text.png: unreadable image: not a decodable image (truncated, corrupt or not an image file)",
+        "  - images/truncated.jpg: unreadable image: not a decodable image (truncated, corrupt or not an image file)",
+    ]
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_load_manifest_explains_missing_and_broken(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="run `crackops prepare` first"):
         load_manifest(tmp_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -104,10 +105,13 @@ def _pairs_in(folder: Path, root: Path, problems: list[str]) -> list[SamplePair]
     return [SamplePair(stem, images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
 
 
-def discover_pairs(root: Path) -> dict[str | None, list[SamplePair]]:
+def discover_pairs(root: Path, problems: list[str] | None = None) -> dict[str | None, list[SamplePair]]:
     """Find image/mask pairs: ``{None: pairs}`` when unsplit, else ``{"train": ..., ...}``.
 
-    Pairs are sorted by stem. Raises DatasetError listing every unmatched file.
+    Pairs are sorted by stem. Unmatched files (an image without mask, a mask without image, two
+    files with one stem) are appended to ``problems`` when it is given, so a caller can report them
+    together with the content problems of the pairs that did match; otherwise they are raised as
+    one DatasetError. A folder that is no dataset at all is always raised: there is nothing to check.
     """
     root = Path(root)
     if not root.is_dir():
@@ -126,14 +130,20 @@ def discover_pairs(root: Path) -> dict[str | None, list[SamplePair]]:
             f"{root} has {', '.join(s + '/' for s in split_dirs)} but no train/: a pre-split dataset needs train/"
         )
 
-    problems: list[str] = []
+    found_problems: list[str] = []
     if flat:
-        found: dict[str | None, list[SamplePair]] = {None: _pairs_in(root, root, problems)}
+        found: dict[str | None, list[SamplePair]] = {None: _pairs_in(root, root, found_problems)}
     else:
-        found = {s: _pairs_in(root / s, root, problems) for s in split_dirs}
-    if problems:
-        raise DatasetError(format_problems(f"dataset {root} has {len(problems)} problem(s):", problems))
+        found = {s: _pairs_in(root / s, root, found_problems) for s in split_dirs}
+    if problems is not None:
+        problems.extend(found_problems)
+    elif found_problems:
+        raise DatasetError(_dataset_problems(root, found_problems))
     return found
+
+
+def _dataset_problems(root: Path, problems: list[str]) -> str:
+    return format_problems(f"dataset {root} has {len(problems)} problem(s):", problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,16 +151,31 @@ def discover_pairs(root: Path) -> dict[str | None, list[SamplePair]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class UnreadableFile(DatasetError):
+    """An image or mask file that does not decode; ``reason`` says why without repeating the path."""
+
+    def __init__(self, kind: str, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read {kind} {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 def _decode(path: Path, kind: str) -> np.ndarray:
     try:
-        # imdecode over a byte buffer: cv2.imread silently fails on non-ASCII paths on some systems.
-        raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as err:
-        raise DatasetError(f"cannot read {kind} {path}: {err}") from err
+        # imdecode over a byte buffer: cv2.imread silently fails on non-ASCII paths on some systems,
+        # and it returns the decoded top of a truncated JPEG, which imdecode rejects.
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise UnreadableFile(kind, path, err.strerror or str(err)) from err
+    if data.size == 0:
+        raise UnreadableFile(kind, path, "empty file (0 bytes)")
+    try:
+        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise UnreadableFile(kind, path, str(err).strip()) from err
     if raw is None or raw.size == 0:
-        raise DatasetError(f"cannot read {kind} {path}: not a decodable image file")
+        raise UnreadableFile(kind, path, "not a decodable image (truncated, corrupt or not an image file)")
     if raw.dtype not in (np.uint8, np.uint16):
-        raise DatasetError(f"cannot read {kind} {path}: unsupported pixel type {raw.dtype} (need 8 or 16 bit)")
+        raise UnreadableFile(kind, path, f"unsupported pixel type {raw.dtype} (need 8 or 16 bit)")
     return raw
 
 
@@ -216,6 +241,41 @@ def _common_root(pairs: list[SamplePair]) -> Path:
     return Path(os.path.commonpath([str(p.image.parent.parent) for p in pairs]))
 
 
+def _content_problems(pairs: list[SamplePair], name: Callable[[Path], str]) -> tuple[list[str], int, int]:
+    """Read every pair once: (one line per bad file, thresholded masks, crack-free masks)."""
+    problems: list[str] = []
+    n_thresholded = n_crack_free = 0
+    for pair in tqdm(pairs, desc="validate", unit="pair", disable=None):
+        image = raw = None
+        try:
+            image = read_image(pair.image)
+        except UnreadableFile as err:
+            problems.append(f"{name(pair.image)}: unreadable image: {err.reason}")
+        try:
+            raw = read_raw_mask(pair.mask)
+        except UnreadableFile as err:
+            problems.append(f"{name(pair.mask)}: unreadable mask: {err.reason}")
+        if raw is None:
+            continue
+        if image is not None and image.shape[:2] != raw.shape[:2]:
+            ih, iw = image.shape[:2]
+            mh, mw = raw.shape[:2]
+            problems.append(f"{name(pair.mask)}: mask is {mw}x{mh} but image {name(pair.image)} is {iw}x{ih}")
+        n_thresholded += not is_strictly_binary(raw)
+        n_crack_free += not mask_from_raw(raw).any()
+    return problems, n_thresholded, n_crack_free
+
+
+def _relative_namer(base: Path) -> Callable[[Path], str]:
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return str(path)
+
+    return name
+
+
 def validate_pairs(pairs: list[SamplePair], root: Path | None = None) -> ValidationReport:
     """Read every pair once; raise one DatasetError listing every bad file, else report counts.
 
@@ -225,35 +285,27 @@ def validate_pairs(pairs: list[SamplePair], root: Path | None = None) -> Validat
         where = root if root is not None else "the given folder"
         raise DatasetError(f"dataset is empty: no image/mask pairs under {where}")
     base = Path(root) if root is not None else _common_root(pairs)
-
-    def name(path: Path) -> str:
-        try:
-            return str(path.relative_to(base))
-        except ValueError:
-            return str(path)
-
-    problems: list[str] = []
-    n_thresholded = n_crack_free = 0
-    for pair in tqdm(pairs, desc="validate", unit="pair", disable=None):
-        image = raw = None
-        try:
-            image = read_image(pair.image)
-        except DatasetError:
-            problems.append(f"{name(pair.image)}: unreadable image")
-        try:
-            raw = read_raw_mask(pair.mask)
-        except DatasetError:
-            problems.append(f"{name(pair.mask)}: unreadable mask")
-        if raw is None:
-            continue
-        if image is not None and image.shape[:2] != raw.shape[:2]:
-            ih, iw = image.shape[:2]
-            mh, mw = raw.shape[:2]
-            problems.append(f"{name(pair.mask)}: mask is {mw}x{mh} but image {name(pair.image)} is {iw}x{ih}")
-        n_thresholded += not is_strictly_binary(raw)
-        n_crack_free += not mask_from_raw(raw).any()
-
+    problems, n_thresholded, n_crack_free = _content_problems(pairs, _relative_namer(base))
     if problems:
         where = f" under {root}" if root is not None else ""
         raise DatasetError(format_problems(f"{len(problems)} bad file(s){where}:", problems))
     return ValidationReport(n_pairs=len(pairs), n_thresholded=n_thresholded, n_crack_free=n_crack_free)
+
+
+def check_dataset(root: Path) -> tuple[dict[str | None, list[SamplePair]], ValidationReport]:
+    """Discover and validate ``root`` in one pass: its pairs and their counts.
+
+    Unmatched files and bad contents go into one DatasetError, so a user fixes the whole dataset
+    after one run instead of meeting the content problems only once the pairing is right.
+    """
+    root = Path(root)
+    problems: list[str] = []
+    found = discover_pairs(root, problems)
+    pairs = [p for split in found.values() for p in split]
+    if not pairs and not problems:
+        raise DatasetError(f"dataset is empty: no image/mask pairs under {root}")
+    content, n_thresholded, n_crack_free = _content_problems(pairs, _relative_namer(root))
+    problems += content
+    if problems:
+        raise DatasetError(_dataset_problems(root, problems))
+    return found, ValidationReport(n_pairs=len(pairs), n_thresholded=n_thresholded, n_crack_free=n_crack_free)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.data.folder import SPLITS, SamplePair, discover_pairs, read_image, read_mask, validate_pairs
+from pipeline.data.folder import SPLITS, SamplePair, check_dataset, read_image, read_mask
 from pipeline.data.split import carve_split, split_pairs
 from pipeline.errors import DatasetError
 
@@ -70,8 +70,7 @@ def prepare_dataset(
         # out_dir replaces itself wholesale: overlapping it with the source would destroy the source.
         raise ValueError(f"out_dir {out_dir} must not overlap the source folder {source}")
 
-    found = discover_pairs(source)
-    report = validate_pairs([p for pairs in found.values() for p in pairs], root=source)
+    found, report = check_dataset(source)  # every pairing and content problem in one error
     if test_only:
         splits = {"test": sorted((p for pairs in found.values() for p in pairs), key=lambda p: p.stem)}
     else:
