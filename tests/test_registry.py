@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -542,8 +543,18 @@ def test_serving_the_champion(server: str, models: dict[str, Any], tmp_path: Pat
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
+        # A bad image: the 400 answer itself says why, not only the server's log.
+        bad = {"dataframe_split": {"columns": ["image"], "data": [["not base64!"]]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(bad).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400
+        error = json.loads(refused.value.read())
     finally:
         stop_process_group(proc, grace=5)
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "column 'image' must hold base64-encoded image files" in error["message"]
     (prediction,) = body["predictions"]
     mask = cv2.imdecode(np.frombuffer(base64.b64decode(prediction["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (50, 70) and set(np.unique(mask)) == {255}

@@ -217,6 +217,56 @@ def test_logged_model_predicts_both_forms(workspace: Path, tracked: tuple[TrainO
     assert lowered["crack_fraction"][0] >= out["crack_fraction"][0]
 
 
+def _post_in_process(app, body: dict) -> tuple[int, dict]:
+    """POST ``body`` as JSON to ``/invocations`` of an ASGI app, in this process (no port, no httpx)."""
+    import asyncio
+
+    data = json.dumps(body).encode()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/invocations", "raw_path": b"/invocations", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+def test_served_model_says_why_it_rejects_input(workspace: Path, tracked: tuple[TrainOutcome, str, Params],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # `mlflow models serve`'s app, driven in process. Once a bad image came back as a 400 saying only
+    # "an unexpected error": the reason was in the server's log alone.
+    from mlflow.pyfunc import scoring_server
+
+    _, _, params = tracked
+    model_uri = json.loads((Path(params.train.out_dir) / RUN_FILE).read_text())["model_uri"]
+    mlflow.set_tracking_uri(params.mlflow.tracking_uri)
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)  # init() sets it; undone after
+    app = scoring_server.init(mlflow.pyfunc.load_model(model_uri))
+
+    def request(*values: str) -> dict:
+        return {"dataframe_split": {"columns": ["image"], "data": [[value] for value in values]}}
+
+    good = _png_base64(np.full((20, 30, 3), 128, dtype=np.uint8))
+    status, body = _post_in_process(app, request(good))
+    assert status == 200 and len(body["predictions"]) == 1
+
+    status, body = _post_in_process(app, request(good, "not base64!"))
+    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "column 'image' must hold base64-encoded image files (PNG, JPEG, ...); row 1 is not base64" in body["message"]
+
+    status, body = _post_in_process(app, request(base64.b64encode(b"GIF89a, or so it says").decode()))
+    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "column 'image': row 0 is not a decodable image file" in body["message"]
+
+
 def test_log_evaluation_adds_scores_and_files(workspace: Path, tracked: tuple[TrainOutcome, str, Params]) -> None:
     _, run_id, params = tracked
     eval_dir = workspace / "outputs/eval"

@@ -9,6 +9,10 @@ Input forms:
   describes the DataFrame form, so MLflow's schema check rejects arrays: call the unwrapped model,
   ``mlflow.pyfunc.load_model(uri).unwrap_python_model().predict(None, images)``.
 
+Bad input raises :class:`BadInput`: ``mlflow models serve`` answers it with HTTP 400 and the
+reason in the JSON body's ``message`` (any other exception becomes a 400 whose message only says
+"an unexpected error", the reason left in the server's log).
+
 Weights travel as safetensors plus ``params.yaml``, the code as the ``pipeline`` package and a
 models-from-code entry file: nothing is pickled.
 """
@@ -28,8 +32,10 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from torch import nn
 
@@ -49,15 +55,25 @@ MODEL_CODE = (
 )
 
 
+class BadInput(MlflowException, ValueError):
+    """Input the model cannot take; the scoring server sends the message back with HTTP 400.
+
+    A ValueError too, so callers of the unwrapped model keep catching what they caught before.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 from grayscale, RGB or RGBA uint8 arrays."""
     if image.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {image.dtype}")
+        raise BadInput(f"images must be uint8, got {image.dtype}")
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (3, 4):
         return image[:, :, :3]
-    raise ValueError(f"images must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
+    raise BadInput(f"images must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
 
 
 def predict_probabilities(
@@ -114,17 +130,26 @@ def _predict_resized(model: nn.Module, images: list[np.ndarray], img_size: int, 
     return out
 
 
-def decode_image(data: str | bytes) -> np.ndarray:
-    """RGB uint8 array from base64 text (or raw file bytes) of a PNG/JPEG/... file."""
+def decode_image(data: str | bytes, row: int | None = None) -> np.ndarray:
+    """RGB uint8 array from base64 text (or raw file bytes) of a PNG/JPEG/... file.
+
+    ``row`` (the DataFrame row) only makes the message point at the bad value.
+    """
+    which = f"row {row}" if row is not None else "the value"
     if isinstance(data, str):
         try:
             data = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as error:
-            raise ValueError(f"column {IMAGE_COLUMN!r} must hold base64-encoded image files ({error})") from None
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            raise BadInput(f"column {IMAGE_COLUMN!r} must hold base64-encoded image files (PNG, JPEG, ...); "
+                           f"{which} is not base64 ({error})") from None
+    elif not isinstance(data, (bytes, bytearray)):
+        raise BadInput(f"column {IMAGE_COLUMN!r} must hold base64-encoded image files (PNG, JPEG, ...); "
+                       f"{which} is a {type(data).__name__}")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        raise ValueError(f"column {IMAGE_COLUMN!r}: not a decodable image file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise BadInput(f"column {IMAGE_COLUMN!r}: {which} is not a decodable image file "
+                       "(empty, truncated, corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
 def encode_png_base64(array: np.ndarray) -> str:
@@ -161,22 +186,26 @@ class CrackSegmenterModel(mlflow.pyfunc.PythonModel):
         size, batch_size = self.params.data.img_size, self.params.eval.batch_size
         if isinstance(model_input, np.ndarray):
             if model_input.ndim != 4 or model_input.shape[3] != 3 or model_input.dtype != np.uint8:
-                raise ValueError("expected a uint8 (N, H, W, 3) RGB array, "
-                                 f"got {model_input.dtype} {model_input.shape}")
+                raise BadInput(f"expected a uint8 (N, H, W, 3) RGB array, got {model_input.dtype} {model_input.shape}")
             probs = predict_probabilities(self.model, list(model_input), size, batch_size)
             masks = [(prob >= threshold).astype(np.uint8) for prob in probs]
             return np.stack(masks) if masks else np.zeros(model_input.shape[:3], dtype=np.uint8)
         if isinstance(model_input, pd.DataFrame):
             if IMAGE_COLUMN not in model_input.columns:
-                raise ValueError(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, "
-                                 f"got columns {list(model_input.columns)}")
-            images = [decode_image(value) for value in model_input[IMAGE_COLUMN]]
-            probs = predict_probabilities(self.model, images, size, batch_size)
-            masks = [(prob >= threshold).astype(np.uint8) for prob in probs]
-            return pd.DataFrame({
-                "mask": [encode_png_base64(mask * 255) for mask in masks],
-                "crack_fraction": [float(mask.mean()) for mask in masks],
-            })
+                raise BadInput(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, "
+                               f"got columns {list(model_input.columns)}")
+            values = list(model_input[IMAGE_COLUMN])
+            encoded: list[str] = []
+            fractions: list[float] = []
+            # One batch of photos decoded at a time: a request of many large photos never holds
+            # all their pixels and probability maps at once, only their encoded masks.
+            for start in range(0, len(values), batch_size):
+                images = [decode_image(value, start + i) for i, value in enumerate(values[start:start + batch_size])]
+                for prob in predict_probabilities(self.model, images, size, batch_size):
+                    mask = np.greater_equal(prob, threshold).view(np.uint8)
+                    fractions.append(np.count_nonzero(mask) / mask.size)
+                    encoded.append(encode_png_base64(mask * 255))
+            return pd.DataFrame({"mask": encoded, "crack_fraction": fractions})
         raise TypeError(f"expected a pandas DataFrame or a numpy array, got {type(model_input).__name__}")
 
 
