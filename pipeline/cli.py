@@ -243,6 +243,15 @@ EXAMPLES = {
 }
 
 
+# Commands whose exit status says more than success (0) or a one-line error (2).
+EXIT_STATUS = {
+    "predict": ("  0  every image predicted\n"
+                "  1  some files could not be read: each is named on stderr and in predictions.json,\n"
+                "     every other image was predicted\n"
+                "  2  an error stopped the command; once predicting had begun, predictions.json lists what was done"),
+}
+
+
 def package_version() -> str:
     """The installed crackops version; a checkout used through PYTHONPATH without installing has none."""
     from importlib.metadata import PackageNotFoundError, version
@@ -259,7 +268,8 @@ def _describe_subcommands(sub: argparse._SubParsersAction) -> None:
     for action in sub._choices_actions:
         parser = sub.choices[action.dest]
         parser.description = action.help[0].upper() + action.help[1:] + "."
-        parser.epilog = f"example:\n  {EXAMPLES[action.dest]}"
+        status = f"exit status:\n{EXIT_STATUS[action.dest]}\n\n" if action.dest in EXIT_STATUS else ""
+        parser.epilog = f"{status}example:\n  {EXAMPLES[action.dest]}"
         parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example on its own line
 
 

@@ -20,23 +20,43 @@ TRUTH_COLOUR = Colour("cyan", (0, 255, 255))
 PREDICTION_COLOUR = Colour("cyan", (0, 255, 255))
 
 
-def tint(image: np.ndarray, mask: np.ndarray, colour: Colour = PREDICTION_COLOUR, alpha: float = 0.6) -> np.ndarray:
-    """``image`` (HxWx3 uint8 RGB) with ``mask`` (HxW, nonzero = crack) painted in ``colour``."""
-    out = image.astype(np.float32).copy()
-    where = mask.astype(bool)
-    out[where] = (1 - alpha) * out[where] + alpha * np.array(colour.rgb, dtype=np.float32)
-    return out.clip(0, 255).astype(np.uint8)
+# Rows tinted at a time: the float arithmetic works on one band, never on a whole large photo.
+_TINT_ROWS = 256
+_GAP = 4  # white pixels between panels
+
+
+def tint(image: np.ndarray, mask: np.ndarray, colour: Colour = PREDICTION_COLOUR, alpha: float = 0.6,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (HxWx3 uint8 RGB) with ``mask`` (HxW, nonzero = crack) painted in ``colour``.
+
+    Written into ``out`` (HxWx3 uint8, e.g. a slice of a panel) when given, so the caller's array
+    is the only full-size copy.
+    """
+    if out is None:
+        out = image.copy()
+    else:
+        out[...] = image
+    paint = alpha * np.array(colour.rgb, dtype=np.float32)
+    for start in range(0, image.shape[0], _TINT_ROWS):
+        rows = slice(start, start + _TINT_ROWS)
+        where = mask[rows].astype(bool)
+        band = out[rows]  # a view: assigning through it paints ``out``
+        band[where] = ((1 - alpha) * image[rows][where].astype(np.float32) + paint).clip(0, 255).astype(np.uint8)
+    return out
 
 
 def overlay_panel(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray) -> np.ndarray:
     """Side by side: the image, the ground truth (if known) and the prediction, as ``panel_legend`` says."""
-    panels = [image] + ([tint(image, truth, TRUTH_COLOUR)] if truth is not None else [])
-    panels.append(tint(image, prediction, PREDICTION_COLOUR))
-    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    joined = [panels[0]]
-    for panel in panels[1:]:
-        joined += [gap, panel]
-    return np.concatenate(joined, axis=1)
+    height, width = image.shape[:2]
+    tinted = [(truth, TRUTH_COLOUR)] if truth is not None else []
+    tinted.append((prediction, PREDICTION_COLOUR))
+    # One allocation, each panel drawn into its place: no per-panel copies to concatenate.
+    panel = np.full((height, (1 + len(tinted)) * width + len(tinted) * _GAP, 3), 255, dtype=np.uint8)
+    panel[:, :width] = image
+    for i, (mask, colour) in enumerate(tinted, start=1):
+        left = i * (width + _GAP)
+        tint(image, mask, colour, out=panel[:, left:left + width])
+    return panel
 
 
 def panel_legend(threshold: float, with_truth: bool = True) -> str:

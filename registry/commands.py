@@ -105,9 +105,13 @@ def compare_command(params: Params, args: argparse.Namespace) -> None:
         print(f"written to {args.output}", file=sys.stderr)
 
 
+# `crackops predict`'s exit status when some images could not be read and the others were predicted.
+PREDICT_PARTIAL = 1
+
+
 @handler("predict")
-def predict_command(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.inference.predict import collect_images, predict_images
+def predict_command(params: Params, args: argparse.Namespace) -> int | None:
+    from pipeline.inference.predict import SUMMARY_FILE, collect_images, predict_images
     from pipeline.training.precision import pick_device
     from pipeline.tracking.setup import resolve_tracking_uri
     from registry.versions import load_model_uri
@@ -121,9 +125,17 @@ def predict_command(params: Params, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="crackops-predict-") as tmp:
         model, trained = load_model_uri(uri, Path(tmp), tracking_uri=resolve_tracking_uri(params.mlflow))
     model.to(pick_device())
-    results = predict_images(model, trained, paths, Path(args.output), threshold=args.threshold, tile=args.tile,
-                             overlap=args.overlap, progress=not args.no_progress)
-    print(f"{len(results)} masks and overlays written to {args.output} (model {uri})")
+    report = predict_images(model, trained, paths, Path(args.output), threshold=args.threshold, tile=args.tile,
+                            overlap=args.overlap, progress=not args.no_progress)
+    print(f"{len(report.predictions)} masks and overlays written to {args.output} (model {uri})")
+    if not report.failed:
+        return None
+    # Last, after any progress output: one line per file, so they are easy to find and to grep.
+    print(f"crackops predict: {len(report.failed)} of {len(paths)} images could not be read "
+          f"(also listed in {Path(args.output) / SUMMARY_FILE}):", file=sys.stderr)
+    for failure in report.failed:
+        print(f"crackops predict: cannot read {failure.image}: {failure.reason}", file=sys.stderr)
+    return PREDICT_PARTIAL
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -1,6 +1,8 @@
-"""Tiled inference and `crackops predict` inputs: pure functions and fake per-pixel models, no MLflow."""
+"""Tiled inference and `crackops predict`: pure functions and fake per-pixel models, no MLflow server."""
 from __future__ import annotations
 
+import json
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,7 @@ from torch import nn
 from pipeline.errors import CrackopsError
 from pipeline.inference.predict import collect_images, predict_images
 from pipeline.inference.tiling import (
+    axis_weights,
     default_overlap,
     default_tile,
     ramp_window,
@@ -21,6 +24,7 @@ from pipeline.inference.tiling import (
 )
 from pipeline.params import load_params
 from pipeline.tracking.pyfunc import _predict_resized, predict_probabilities
+from pipeline.visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_panel
 
 
 def per_pixel(crops):
@@ -130,11 +134,104 @@ def test_collect_images_from_files_folders_and_globs(tmp_path: Path) -> None:
 def test_predict_images_writes_masks_of_the_original_size(tmp_path: Path) -> None:
     params = load_params("missing.yaml", ["data.img_size=32"])
     paths = [_write(tmp_path / "img/wide.png", (50, 130)), _write(tmp_path / "img/small.png", (20, 24))]
-    results = predict_images(PixelNet(32), params, paths, tmp_path / "out", progress=False)
-    assert [r.mask for r in results] == ["wide_mask.png", "small_mask.png"]
-    for path, result in zip(paths, results):
+    report = predict_images(PixelNet(32), params, paths, tmp_path / "out", progress=False)
+    assert [r.mask for r in report.predictions] == ["wide_mask.png", "small_mask.png"]
+    for path, result in zip(paths, report.predictions):
         mask = cv2.imread(str(tmp_path / "out" / result.mask), cv2.IMREAD_UNCHANGED)
         assert mask.shape == cv2.imread(str(path)).shape[:2] and set(np.unique(mask)) <= {0, 255}
         overlay = cv2.imread(str(tmp_path / "out" / result.overlay))
         assert overlay.shape == (mask.shape[0], 2 * mask.shape[1] + 4, 3)
-    assert (tmp_path / "out/predictions.json").is_file()
+        assert result.crack_fraction == (mask > 0).mean()
+    summary = json.loads((tmp_path / "out/predictions.json").read_text())
+    assert summary == {"predictions": [{"image": str(p), "mask": r.mask, "overlay": r.overlay, "height": r.height,
+                                        "width": r.width, "crack_fraction": r.crack_fraction}
+                                       for p, r in zip(paths, report.predictions)],
+                       "failed": [], "not_reached": []}
+
+
+def test_predict_cli_scores_every_readable_image_and_names_the_unreadable_one(tmp_path: Path, monkeypatch, capsys):
+    # Once the first unreadable file stopped the run: later images unpredicted, no predictions.json.
+    import registry.versions
+    from pipeline.cli import main
+
+    good = [_write(tmp_path / "in/a.png", (40, 60)), _write(tmp_path / "in/c.jpg", (30, 50))]
+    bad = tmp_path / "in/b.jpg"
+    bad.write_bytes(good[1].read_bytes()[:300])  # a truncated JPEG, between the two good ones
+    params = load_params("missing.yaml", ["data.img_size=32"])
+    monkeypatch.setattr(registry.versions, "load_model_uri", lambda uri, workdir, tracking_uri=None: (PixelNet(32), params))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--model-uri", "some-model", "--output", str(out),
+                 "--no-progress"]) == 1
+    printed = capsys.readouterr()
+    assert "2 masks and overlays written" in printed.out
+    assert printed.err.splitlines()[-1] == (f"crackops predict: cannot read {bad.resolve()}: "
+                                            "not a decodable image (truncated, corrupt or not an image file)")
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png",
+                                                     "predictions.json"]
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [item["image"] for item in summary["predictions"]] == [str(p.resolve()) for p in good]
+    assert summary["failed"] == [{"image": str(bad.resolve()),
+                                  "reason": "not a decodable image (truncated, corrupt or not an image file)"}]
+    assert summary["not_reached"] == []
+
+
+def test_predict_records_what_it_did_when_stopped(tmp_path: Path) -> None:
+    class StopsOnSecond(PixelNet):
+        calls = 0
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            StopsOnSecond.calls += 1
+            if StopsOnSecond.calls == 2:
+                raise KeyboardInterrupt
+            return super().forward(images)
+
+    params = load_params("missing.yaml", ["data.img_size=32"])
+    paths = [_write(tmp_path / f"img/{name}.png", (20, 24)) for name in ("a", "b", "c")]
+    (tmp_path / "img/empty.png").write_bytes(b"")
+    paths.insert(1, tmp_path / "img/empty.png")
+    with pytest.raises(KeyboardInterrupt):
+        predict_images(StopsOnSecond(32), params, paths, tmp_path / "out", progress=False)
+    summary = json.loads((tmp_path / "out/predictions.json").read_text())
+    assert [item["image"] for item in summary["predictions"]] == [str(paths[0])]
+    assert summary["failed"] == [{"image": str(paths[1]), "reason": "empty file (0 bytes)"}]
+    assert summary["not_reached"] == [str(paths[2]), str(paths[3])]
+
+
+def test_tiling_holds_one_float32_map_besides_the_image() -> None:
+    # Peak Python-side allocations (numpy reports its buffers to tracemalloc): a deterministic count,
+    # not a timing or an RSS figure. Once the map, an HxW weight array and their quotient: 3x.
+    height, width, tile = 600, 800, 64
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        prob = tiled_probabilities(image, per_pixel, tile, 16, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert prob.dtype == np.float32 and prob.shape == (height, width)
+    one_batch = 4 * tile * tile * (3 * 4 + 4 * 4)  # crops as float32 RGB, their maps and the window product
+    assert peak <= height * width * 4 + one_batch + 64 * 1024, peak
+    expected = np.zeros((height, width), np.float32)
+    for y, x, h, w in tile_boxes(height, width, tile, 16):
+        expected[y:y + h, x:x + w] += np.outer(ramp_window(h, 16), ramp_window(w, 16))
+    np.testing.assert_allclose(np.outer(axis_weights(height, tile, 16), axis_weights(width, tile, 16)), expected,
+                               rtol=1e-6)
+
+
+def test_overlay_is_drawn_band_by_band_as_before() -> None:
+    # The tint formula of the whole-image version, on an image taller than one band of rows.
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (300, 20, 3), dtype=np.uint8)
+    truth, prediction = rng.random((300, 20)) < 0.3, (rng.random((300, 20)) < 0.2).astype(np.uint8) * 255
+
+    def reference(mask: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+        out = image.astype(np.float32)
+        where = mask.astype(bool)
+        out[where] = (1 - 0.6) * out[where] + 0.6 * np.array(rgb, dtype=np.float32)
+        return out.clip(0, 255).astype(np.uint8)
+
+    gap = np.full((300, 4, 3), 255, np.uint8)
+    expected = np.concatenate([image, gap, reference(truth, TRUTH_COLOUR.rgb), gap,
+                               reference(prediction, PREDICTION_COLOUR.rgb)], axis=1)
+    np.testing.assert_array_equal(overlay_panel(image, truth, prediction), expected)

@@ -520,7 +520,8 @@ def test_predict_cli_on_crackforest_with_the_champion(server: str, models: dict[
         assert set(np.unique(mask)) == {255}  # the all-crack champion, through 256 px tiles (6 per image)
         assert cv2.imread(str(out / f"{image.stem}_overlay.png")).shape == (height, 2 * width + 4, 3)
     summary = json.loads((out / "predictions.json").read_text())
-    assert [item["crack_fraction"] for item in summary] == [1.0, 1.0, 1.0]
+    assert [item["crack_fraction"] for item in summary["predictions"]] == [1.0, 1.0, 1.0]
+    assert summary["failed"] == [] and summary["not_reached"] == []
 
 
 def test_serving_the_champion(server: str, models: dict[str, Any], tmp_path: Path) -> None:

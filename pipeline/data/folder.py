@@ -159,7 +159,8 @@ class UnreadableFile(DatasetError):
         self.path, self.reason = path, reason
 
 
-def _decode(path: Path, kind: str) -> np.ndarray:
+def decode_file(path: Path, kind: str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The decoded pixels of an image file (cv2 ``flags``); UnreadableFile says why not."""
     try:
         # imdecode over a byte buffer: cv2.imread silently fails on non-ASCII paths on some systems,
         # and it returns the decoded top of a truncated JPEG, which imdecode rejects.
@@ -169,7 +170,7 @@ def _decode(path: Path, kind: str) -> np.ndarray:
     if data.size == 0:
         raise UnreadableFile(kind, path, "empty file (0 bytes)")
     try:
-        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        raw = cv2.imdecode(data, flags)
     except cv2.error as err:
         raise UnreadableFile(kind, path, str(err).strip()) from err
     if raw is None or raw.size == 0:
@@ -186,7 +187,7 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """Read an image as RGB uint8 HxWx3 (grey is replicated, alpha dropped, 16 bit scaled)."""
-    raw = _to_8bit(_decode(Path(path), "image"))
+    raw = _to_8bit(decode_file(Path(path), "image"))
     if raw.ndim == 2 or raw.shape[2] == 1:
         return cv2.cvtColor(raw.reshape(raw.shape[:2]), cv2.COLOR_GRAY2RGB)
     if raw.shape[2] == 2:  # grey + alpha
@@ -198,7 +199,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_raw_mask(path: Path) -> np.ndarray:
     """Read a mask file as a single-channel array of its stored values (uint8 or uint16)."""
-    raw = _decode(Path(path), "mask")
+    raw = decode_file(Path(path), "mask")
     if raw.ndim == 3:
         channels = raw.shape[2]
         if channels in (2, 4):  # drop alpha: an opaque alpha would make every pixel a crack

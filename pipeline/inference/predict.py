@@ -1,8 +1,15 @@
-"""``crackops predict``: binary masks and overlays for image files, folders or globs."""
+"""``crackops predict``: binary masks and overlays for image files, folders or globs.
+
+An unreadable file does not stop the run: every readable image is predicted, and
+``predictions.json`` lists what was predicted, what could not be read (and why) and, when the run
+was stopped part-way, which images it never reached. One photo at a time is in memory, and besides
+its pixels (3 bytes a pixel) only about 8 bytes a pixel: the float32 probability map while the
+model runs, then the mask and the side-by-side overlay while they are written.
+"""
 from __future__ import annotations
 
 import glob
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -11,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.data.folder import UnreadableFile, decode_file
 from pipeline.errors import CrackopsError
 from pipeline.params import Params
 from pipeline.visualize import overlay_panel
@@ -27,6 +35,25 @@ class Prediction:
     height: int
     width: int
     crack_fraction: float
+
+
+@dataclass
+class Failure:
+    image: str
+    reason: str
+
+
+@dataclass
+class PredictReport:
+    """What one ``predict_images`` call did; ``not_reached`` is empty unless it was stopped part-way."""
+
+    predictions: list[Prediction] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    not_reached: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"predictions": [asdict(p) for p in self.predictions], "failed": [asdict(f) for f in self.failed],
+                "not_reached": self.not_reached}
 
 
 def _is_image(path: Path) -> bool:
@@ -64,21 +91,44 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CrackopsError(f"{path}: not a readable image file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """RGB uint8 pixels, turned as the file's EXIF orientation says; UnreadableFile says why not.
+
+    cv2.imread would hand back the decoded top of a truncated JPEG as if it were the photo.
+    """
+    image = decode_file(path, "image", cv2.IMREAD_COLOR)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy of a large photo
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """A grayscale or RGB array as PNG, atomically."""
+def write_png(path: Path, array: np.ndarray, *, consume: bool = False) -> None:
+    """A grayscale or RGB array as PNG, atomically; ``consume`` lets it reorder an RGB array's channels in place."""
     if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array if consume else None)
     ok, buffer = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"could not encode {path}")
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.tobytes())
+        tmp.write_bytes(buffer)  # the encoded array as it is: no bytes copy of it
+
+
+def _predict_one(model: nn.Module, params: Params, path: Path, out_dir: Path, threshold: float,
+                 tile: int | None, overlap: int | None) -> Prediction:
+    """Mask and overlay of one image, freeing each full-size array as soon as it is written."""
+    from pipeline.tracking.pyfunc import predict_probabilities
+
+    image = read_rgb(path)
+    height, width = image.shape[:2]
+    prob = predict_probabilities(model, [image], params.data.img_size, params.eval.batch_size,
+                                 tile=tile, overlap=overlap)[0]
+    mask = np.greater_equal(prob, threshold).view(np.uint8)  # bool and uint8 share a layout: no copy
+    del prob
+    crack_fraction = np.count_nonzero(mask) / mask.size
+    mask *= 255  # as written; the overlay reads any nonzero value as crack
+    mask_file, overlay_file = out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"
+    write_png(mask_file, mask)
+    panel = overlay_panel(image, None, mask)
+    del image, mask  # the panel holds the image now
+    write_png(overlay_file, panel, consume=True)
+    return Prediction(str(path), mask_file.name, overlay_file.name, height, width, float(crack_fraction))
 
 
 def predict_images(
@@ -91,25 +141,23 @@ def predict_images(
     tile: int | None = None,
     overlap: int | None = None,
     progress: bool = True,
-) -> list[Prediction]:
+) -> PredictReport:
     """Write ``<stem>_mask.png`` (0/255, the image's size) and ``<stem>_overlay.png`` per image, one at a time.
 
-    ``params`` are the model's own (input size, threshold default, batch size).
+    ``params`` are the model's own (input size, threshold default, batch size). A file that cannot
+    be read is recorded in the report and skipped; ``predictions.json`` is written (atomically) even
+    when an error or an interrupt stops the run, so it always says what the masks on disk are.
     """
-    from pipeline.tracking.pyfunc import predict_probabilities
-
     threshold = params.eval.threshold if threshold is None else threshold
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[Prediction] = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=None if progress else True):
-        image = read_rgb(path)
-        prob = predict_probabilities(model, [image], params.data.img_size, params.eval.batch_size,
-                                     tile=tile, overlap=overlap)[0]
-        mask = (prob >= threshold).astype(np.uint8)
-        mask_file, overlay_file = out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"
-        write_png(mask_file, mask * 255)
-        write_png(overlay_file, overlay_panel(image, None, mask))
-        results.append(Prediction(str(path), mask_file.name, overlay_file.name, image.shape[0], image.shape[1],
-                                  float(mask.mean())))
-    write_json(out_dir / SUMMARY_FILE, [asdict(item) for item in results])
-    return results
+    report = PredictReport()
+    try:
+        for path in tqdm(paths, desc="predict", unit="image", disable=None if progress else True):
+            try:
+                report.predictions.append(_predict_one(model, params, path, out_dir, threshold, tile, overlap))
+            except UnreadableFile as error:
+                report.failed.append(Failure(str(path), error.reason))
+    finally:
+        report.not_reached = [str(path) for path in paths[len(report.predictions) + len(report.failed):]]
+        write_json(out_dir / SUMMARY_FILE, report.as_json())
+    return report

@@ -58,6 +58,16 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+def axis_weights(length: int, tile: int, overlap: int) -> np.ndarray:
+    """Summed window weights along one axis: what every position's blended value is divided by."""
+    size = min(tile, length)
+    window = ramp_window(size, overlap)
+    weights = np.zeros(length, dtype=np.float32)
+    for start in tile_starts(length, tile, overlap):
+        weights[start:start + size] += window
+    return weights
+
+
 def tiled_probabilities(
     image: np.ndarray, predict: TilePredictor, tile: int, overlap: int, batch_size: int = 4
 ) -> np.ndarray:
@@ -65,19 +75,23 @@ def tiled_probabilities(
 
     ``predict`` gets at most ``batch_size`` crops at a time, none larger than ``tile`` on a side,
     and returns one HxW probability map per crop, at the crop's size. Besides the image, memory
-    holds two HxW float32 accumulators and one batch of tiles.
+    holds the HxW float32 map itself and one batch of tiles: every tile has one 2-D window, the
+    outer product of a row and a column window, and the tiles form a grid, so the summed weights
+    are the outer product of two 1-D sums and never need an HxW array of their own.
     """
     height, width = image.shape[:2]
+    boxes = tile_boxes(height, width, tile, overlap)
+    tile_h, tile_w = boxes[0][2:]  # every tile has the same (clipped) size
+    window = np.outer(ramp_window(tile_h, overlap), ramp_window(tile_w, overlap))
     total = np.zeros((height, width), dtype=np.float32)
-    weight = np.zeros((height, width), dtype=np.float32)
-    windows: dict[tuple[int, int], np.ndarray] = {}
-    for batch in _batches(tile_boxes(height, width, tile, overlap), max(1, batch_size)):
+    for batch in _batches(boxes, max(1, batch_size)):
         probs = predict([image[y:y + h, x:x + w] for y, x, h, w in batch])
         for (y, x, h, w), prob in zip(batch, probs):
             if prob.shape != (h, w):
                 raise ValueError(f"tile predictor returned shape {prob.shape} for a {h}x{w} tile")
-            if (h, w) not in windows:
-                windows[(h, w)] = np.outer(ramp_window(h, overlap), ramp_window(w, overlap))
-            total[y:y + h, x:x + w] += prob * windows[(h, w)]
-            weight[y:y + h, x:x + w] += windows[(h, w)]
-    return total / weight
+            total[y:y + h, x:x + w] += prob * window
+        del probs
+    # In place and broadcast: no HxW temporary for the weights or the quotient.
+    total /= axis_weights(height, tile, overlap)[:, None]
+    total /= axis_weights(width, tile, overlap)[None, :]
+    return total
