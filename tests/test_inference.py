@@ -21,9 +21,10 @@ from pipeline.inference.tiling import (
     tile_boxes,
     tile_starts,
     tiled_probabilities,
+    tiled_rows,
 )
 from pipeline.params import load_params
-from pipeline.tracking.pyfunc import _predict_resized, predict_probabilities
+from pipeline.tracking.pyfunc import _predict_resized, predict_mask, predict_probabilities
 from pipeline.visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_panel
 
 
@@ -108,6 +109,30 @@ def test_predict_probabilities_tiles_large_images_with_the_model() -> None:
     np.testing.assert_array_equal(default[0], _predict_resized(model, [small], size, 4)[0])
     assert default[1].shape == image.shape[:2]
     assert default_tile(size) == 64 and default_overlap(64) == 16
+
+
+def test_predict_mask_is_the_thresholded_probability_map_tiled_or_whole() -> None:
+    size, model = 32, PixelNet(32)
+    rng = np.random.default_rng(2)
+    for shape in ((80, 112, 3), (40, 50, 3)):  # tiled (larger than the 64 px tile) and whole
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        prob = predict_probabilities(model, [image], size)[0]
+        threshold = float(np.median(prob))  # a threshold that splits this map in two
+        mask = predict_mask(model, image, size, threshold)
+        assert mask.dtype == np.uint8 and mask.shape == shape[:2]
+        np.testing.assert_array_equal(mask, (prob >= threshold).astype(np.uint8))
+
+
+def test_overlay_of_a_large_photo_is_scaled_down_but_its_mask_is_not(tmp_path: Path, monkeypatch) -> None:
+    import pipeline.inference.predict as predict
+
+    monkeypatch.setattr(predict, "OVERLAY_MAX_SIDE", 100)
+    params = load_params("missing.yaml", ["data.img_size=32"])
+    (result,) = predict_images(PixelNet(32), params, [_write(tmp_path / "big.png", (90, 120))], tmp_path / "out",
+                               progress=False).predictions
+    assert cv2.imread(str(tmp_path / "out" / result.mask)).shape[:2] == (90, 120)
+    overlay = cv2.imread(str(tmp_path / "out" / result.overlay))
+    assert max(overlay.shape[:2]) <= 100 + 4 and overlay.shape[0] == round(90 * 100 / 240)
 
 
 def _write(path: Path, shape: tuple[int, int]) -> Path:
@@ -197,26 +222,51 @@ def test_predict_records_what_it_did_when_stopped(tmp_path: Path) -> None:
     assert summary["not_reached"] == [str(paths[2]), str(paths[3])]
 
 
-def test_tiling_holds_one_float32_map_besides_the_image() -> None:
-    # Peak Python-side allocations (numpy reports its buffers to tracemalloc): a deterministic count,
-    # not a timing or an RSS figure. Once the map, an HxW weight array and their quotient: 3x.
-    height, width, tile = 600, 800, 64
-    image = np.zeros((height, width, 3), dtype=np.uint8)
+def _peak_allocation(function) -> int:
+    """Peak Python-side allocation of ``function()`` (numpy reports its buffers to tracemalloc): a
+    deterministic count, not a timing or an RSS figure."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        prob = tiled_probabilities(image, per_pixel, tile, 16, batch_size=4)
-        _, peak = tracemalloc.get_traced_memory()
+        function()
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert prob.dtype == np.float32 and prob.shape == (height, width)
+
+
+def test_tiled_rows_hold_one_band_whatever_the_image_height() -> None:
+    width, tile = 800, 64
     one_batch = 4 * tile * tile * (3 * 4 + 4 * 4)  # crops as float32 RGB, their maps and the window product
-    assert peak <= height * width * 4 + one_batch + 64 * 1024, peak
-    expected = np.zeros((height, width), np.float32)
+    band = tile * width * 4
+    for height in (600, 2400):
+        image = np.zeros((height, width, 3), dtype=np.uint8)
+        covered = []
+
+        def consume() -> None:
+            for top, rows in tiled_rows(image, per_pixel, tile, 16, batch_size=4):
+                assert rows.dtype == np.float32 and rows.shape[1] == width
+                covered.append((top, rows.shape[0]))
+
+        peak = _peak_allocation(consume)
+        # The band, one finished copy of it and one batch: the same bound for a 4x taller image.
+        assert peak <= 2 * band + one_batch + 64 * 1024, (height, peak)
+        assert covered[0][0] == 0 and sum(n for _, n in covered) == height
+        assert all(top + n == following for (top, n), (following, _) in zip(covered, covered[1:]))
+
+
+def test_tiled_probabilities_equal_the_tile_sum_divided_by_the_weights() -> None:
+    height, width, tile = 150, 170, 64
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    prob = tiled_probabilities(image, per_pixel, tile, 16, batch_size=4)
+    assert prob.dtype == np.float32 and prob.shape == (height, width)
+    weights, blended = np.zeros((height, width), np.float32), np.zeros((height, width), np.float32)
     for y, x, h, w in tile_boxes(height, width, tile, 16):
-        expected[y:y + h, x:x + w] += np.outer(ramp_window(h, 16), ramp_window(w, 16))
-    np.testing.assert_allclose(np.outer(axis_weights(height, tile, 16), axis_weights(width, tile, 16)), expected,
+        window = np.outer(ramp_window(h, 16), ramp_window(w, 16))
+        weights[y:y + h, x:x + w] += window
+        blended[y:y + h, x:x + w] += per_pixel([image[y:y + h, x:x + w]])[0] * window
+    np.testing.assert_allclose(np.outer(axis_weights(height, tile, 16), axis_weights(width, tile, 16)), weights,
                                rtol=1e-6)
+    np.testing.assert_allclose(prob, blended / weights, rtol=1e-5, atol=1e-6)
 
 
 def test_overlay_is_drawn_band_by_band_as_before() -> None:

@@ -25,6 +25,8 @@ from pipeline.visualize import overlay_panel
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_FILE = "predictions.json"
+# Longest side of an overlay panel (photo | prediction); the mask itself is always at full size.
+OVERLAY_MAX_SIDE = 4096
 
 
 @dataclass
@@ -113,18 +115,22 @@ def write_png(path: Path, array: np.ndarray, *, consume: bool = False) -> None:
 def _predict_one(model: nn.Module, params: Params, path: Path, out_dir: Path, threshold: float,
                  tile: int | None, overlap: int | None) -> Prediction:
     """Mask and overlay of one image, freeing each full-size array as soon as it is written."""
-    from pipeline.tracking.pyfunc import predict_probabilities
+    from pipeline.tracking.pyfunc import predict_mask
 
     image = read_rgb(path)
     height, width = image.shape[:2]
-    prob = predict_probabilities(model, [image], params.data.img_size, params.eval.batch_size,
-                                 tile=tile, overlap=overlap)[0]
-    mask = np.greater_equal(prob, threshold).view(np.uint8)  # bool and uint8 share a layout: no copy
-    del prob
+    mask = predict_mask(model, image, params.data.img_size, threshold, params.eval.batch_size,
+                        tile=tile, overlap=overlap)
     crack_fraction = np.count_nonzero(mask) / mask.size
     mask *= 255  # as written; the overlay reads any nonzero value as crack
     mask_file, overlay_file = out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"
     write_png(mask_file, mask)
+    # The overlay is for looking at: a large photo's is scaled down, so it costs no photo-sized memory.
+    scale = OVERLAY_MAX_SIDE / max(height, 2 * width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)  # any crack pixel stays visible
     panel = overlay_panel(image, None, mask)
     del image, mask  # the panel holds the image now
     write_png(overlay_file, panel, consume=True)

@@ -68,30 +68,54 @@ def axis_weights(length: int, tile: int, overlap: int) -> np.ndarray:
     return weights
 
 
+def tiled_rows(
+    image: np.ndarray, predict: TilePredictor, tile: int, overlap: int, batch_size: int = 4
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(top, rows)``: the blended probability map (float32) of ``image`` (HxWxC), top to bottom.
+
+    ``predict`` gets at most ``batch_size`` crops at a time, none larger than ``tile`` on a side,
+    and returns one probability map per crop, at the crop's size. Tiles are predicted one row of
+    tiles at a time, and the rows no later tile reaches are handed out as soon as they are final,
+    so besides the image, memory holds one band of ``tile`` x width floats and one batch of tiles,
+    whatever the image's height. Every tile has one 2-D window, the outer product of a row and a
+    column window, and the tiles form a grid, so the summed weights are the outer product of two
+    1-D sums and never need an array of their own.
+    """
+    height, width = image.shape[:2]
+    tops, lefts = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    tile_h, tile_w = min(tile, height), min(tile, width)  # every tile has the same (clipped) size
+    window = np.outer(ramp_window(tile_h, overlap), ramp_window(tile_w, overlap))
+    row_weights, column_weights = axis_weights(height, tile, overlap), axis_weights(width, tile, overlap)
+
+    def finished(band: np.ndarray, top: int) -> np.ndarray:
+        # In place and broadcast: no temporary for the weights or the quotient.
+        band /= row_weights[top:top + band.shape[0], None]
+        band /= column_weights[None, :]
+        return band
+
+    band, band_top = np.zeros((tile_h, width), dtype=np.float32), tops[0]
+    for top in tops:
+        done = top - band_top  # rows above this tile row: no tile from here on reaches them
+        if done:
+            yield band_top, finished(band[:done].copy(), band_top)
+            band[:tile_h - done] = band[done:]
+            band[tile_h - done:] = 0
+            band_top = top
+        for batch in _batches(lefts, max(1, batch_size)):
+            probs = predict([image[top:top + tile_h, left:left + tile_w] for left in batch])
+            for left, prob in zip(batch, probs):
+                if prob.shape != (tile_h, tile_w):
+                    raise ValueError(f"tile predictor returned shape {prob.shape} for a {tile_h}x{tile_w} tile")
+                band[:, left:left + tile_w] += prob * window
+            del probs
+    yield band_top, finished(band, band_top)
+
+
 def tiled_probabilities(
     image: np.ndarray, predict: TilePredictor, tile: int, overlap: int, batch_size: int = 4
 ) -> np.ndarray:
-    """Probability map (float32, HxW) of ``image`` (HxWxC) predicted tile by tile.
-
-    ``predict`` gets at most ``batch_size`` crops at a time, none larger than ``tile`` on a side,
-    and returns one HxW probability map per crop, at the crop's size. Besides the image, memory
-    holds the HxW float32 map itself and one batch of tiles: every tile has one 2-D window, the
-    outer product of a row and a column window, and the tiles form a grid, so the summed weights
-    are the outer product of two 1-D sums and never need an HxW array of their own.
-    """
-    height, width = image.shape[:2]
-    boxes = tile_boxes(height, width, tile, overlap)
-    tile_h, tile_w = boxes[0][2:]  # every tile has the same (clipped) size
-    window = np.outer(ramp_window(tile_h, overlap), ramp_window(tile_w, overlap))
-    total = np.zeros((height, width), dtype=np.float32)
-    for batch in _batches(boxes, max(1, batch_size)):
-        probs = predict([image[y:y + h, x:x + w] for y, x, h, w in batch])
-        for (y, x, h, w), prob in zip(batch, probs):
-            if prob.shape != (h, w):
-                raise ValueError(f"tile predictor returned shape {prob.shape} for a {h}x{w} tile")
-            total[y:y + h, x:x + w] += prob * window
-        del probs
-    # In place and broadcast: no HxW temporary for the weights or the quotient.
-    total /= axis_weights(height, tile, overlap)[:, None]
-    total /= axis_weights(width, tile, overlap)[None, :]
+    """Probability map (float32, HxW) of ``image`` (HxWxC) predicted tile by tile (:func:`tiled_rows`)."""
+    total = np.empty(image.shape[:2], dtype=np.float32)
+    for top, rows in tiled_rows(image, predict, tile, overlap, batch_size):
+        total[top:top + rows.shape[0]] = rows
     return total

@@ -101,6 +101,30 @@ def predict_probabilities(
     return out
 
 
+def predict_mask(
+    model: nn.Module, image: np.ndarray, img_size: int, threshold: float, batch_size: int = 4,
+    tile: int | None = None, overlap: int | None = None,
+) -> np.ndarray:
+    """The 0/1 crack mask (uint8, the image's HxW) of :func:`predict_probabilities` at ``threshold``.
+
+    A tiled image is thresholded band by band as :func:`~pipeline.inference.tiling.tiled_rows`
+    finishes its rows: no full-size probability map is ever held, only the image and its mask.
+    """
+    from pipeline.inference.tiling import default_overlap, default_tile, tiled_rows
+
+    image = _as_rgb(np.asarray(image))
+    tile = tile or default_tile(img_size)
+    overlap = default_overlap(tile) if overlap is None else overlap
+    if max(image.shape[:2]) <= tile:
+        return np.greater_equal(_predict_resized(model, [image], img_size, batch_size)[0], threshold).view(np.uint8)
+    mask = np.empty(image.shape[:2], dtype=np.uint8)
+    rows = tiled_rows(image, lambda crops: _predict_resized(model, list(crops), img_size, batch_size),
+                      tile, overlap, batch_size)
+    for top, band in rows:
+        np.greater_equal(band, threshold, out=mask[top:top + band.shape[0]].view(bool))
+    return mask
+
+
 @torch.no_grad()
 def _predict_resized(model: nn.Module, images: list[np.ndarray], img_size: int, batch_size: int) -> list[np.ndarray]:
     """Each image resized to ``img_size`` (INTER_AREA, as prepare does), the probabilities resized
