@@ -168,7 +168,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     predict.add_argument("--model-uri", default=None,
                          help="models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a model folder "
                               "(default: models:/<mlflow.registered_model>@champion)")
-    predict.add_argument("--output", required=True, help="folder for <stem>_mask.png and <stem>_overlay.png")
+    predict.add_argument("--output", required=True, help="folder for <stem>_mask.png (full size) and <stem>_overlay.png (scaled to 4096 px at most)")
     predict.add_argument("--tile", type=int, default=None,
                          help="images larger than this (pixels, either side) go in tiles (default: 2 x img_size)")
     predict.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")

@@ -44,7 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NAME = "crack-segmenter"
 ALL_CRACK, NO_CRACK = 8.0, -8.0
-FAST_LEASE = {"ttl_s": 30.0, "settle_s": 0.5, "max_gap_s": 0.25, "wait_s": 60.0, "poll_s": 0.05, "min_remaining_s": 5.0}
+# Shorter than the defaults, yet loose enough for a loaded machine: a read-then-write slower than
+# max_gap_s only retries (it never breaks exclusion), and once the machine was loaded enough for
+# 0.25 s to fail every attempt for 60 s. Only the bounds that make a test wait are short.
+FAST_LEASE = {"ttl_s": 60.0, "settle_s": 2.0, "max_gap_s": 1.5, "wait_s": 300.0, "poll_s": 0.05, "min_remaining_s": 5.0}
 
 
 # --- the gate: a pure function ------------------------------------------------------------
@@ -649,7 +652,7 @@ def test_killed_promotion_leaves_valid_aliases(server: str, models: dict[str, An
     client = MlflowClient(server)
     name = _fresh_model(client, 2, champion="1")
     scores = {"1": 0.5, "2": 0.7}
-    short = {**FAST_LEASE, "ttl_s": 4.0, "min_remaining_s": 1.0}
+    short = {**FAST_LEASE, "ttl_s": 15.0, "min_remaining_s": 1.0}  # the rerun outwaits the dead holder's lease
     worker = _worker(tmp_path, server, name, "2", stage, scores, short)
     _, err = worker.communicate(timeout=180)
     assert worker.returncode == -signal.SIGKILL, err[-3000:]
@@ -704,9 +707,11 @@ def test_lease_waits_out_a_dead_holder_but_not_a_live_one(server: str, capsys: p
         Lease(client, name, "test", LeaseSettings(**{**FAST_LEASE, "wait_s": 1.0})).acquire()
     assert re.search(r"waiting for the promotion lease of 'lease-\w+': held by elsewhere pid 1 \(promote version 9\), "
                      r"expires in \d+ s; giving up in \d+ s", capsys.readouterr().err)
-    client.set_registered_model_tag(name, LEASE_TAG, json.dumps({**live, "expires": time.time() + 1.0}))
-    started = time.monotonic()
-    with Lease(client, name, "test", LeaseSettings(**FAST_LEASE)) as lease:
-        assert time.monotonic() - started >= 0.9
+    expiry = time.time() + 1.0
+    client.set_registered_model_tag(name, LEASE_TAG, json.dumps({**live, "expires": expiry}))
+    settings = LeaseSettings(**FAST_LEASE)
+    with Lease(client, name, "test", settings) as lease:
+        # Our lease was written (expires = write time + ttl) only once the other one had expired.
+        assert lease.expires - settings.ttl_s >= expiry
         assert read_lease(client, name)["owner"] == lease.owner
     assert read_lease(client, name) is None
