@@ -86,6 +86,22 @@ def existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersi
     return max(found, key=lambda version: int(version.version), default=None)
 
 
+def settle_duplicates(client: MlflowClient, name: str, run_id: str, created: ModelVersion) -> ModelVersion:
+    """The run's one version after we created ``created``: the lowest-numbered version of the run.
+
+    Two registers of one run started together both find no version and both create one; each
+    then keeps the lowest and deletes its own if that is not it, so exactly one version remains
+    whichever order their steps interleave in (MLflow has no create-if-absent).
+    """
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    keep = min(versions, key=lambda version: int(version.version), default=created)
+    if int(keep.version) < int(created.version):
+        client.delete_model_version(name, str(created.version))
+        print(f"{name} version {created.version} deleted: a concurrent register of run {run_id} made "
+              f"version {keep.version} first", flush=True)
+    return keep if int(keep.version) < int(created.version) else created
+
+
 def merged_description(current: str | None, description: str) -> str:
     """``description`` followed by the promotion paragraphs ``crackops promote`` appended to ``current``."""
     _, heading, history = (current or "").partition(PROMOTION_HEADING)
@@ -128,7 +144,8 @@ def register_candidate(run_file: Path, metrics_file: Path, model_name: str) -> R
     tags = version_tags(run, metrics)
     version = existing_version(client, model_name, run.info.run_id)
     if version is None:
-        version = mlflow.register_model(run_info["model_uri"], model_name, tags=tags)
+        version = settle_duplicates(client, model_name, run.info.run_id,
+                                    mlflow.register_model(run_info["model_uri"], model_name, tags=tags))
     complete_registration(client, model_name, version, tags, describe(run, metrics))
     return Registration(model_name, str(version.version), run.info.run_id, run_info["model_uri"], CANDIDATE_ALIAS)
 

@@ -191,6 +191,23 @@ def test_register_twice_keeps_one_version_per_run(local_registry: dict[str, Any]
     assert version.description.startswith(f"Trained by run {a}: ")
 
 
+def test_two_registers_of_one_run_started_together_leave_one_version(
+        local_registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The interleaving where both looked for the run's version before either had created one."""
+    from registry import register
+
+    client, a = MlflowClient(local_registry["uri"]), local_registry["runs"]["a"]
+    assert _crackops("register") == 0  # the first of the two: version 1
+    monkeypatch.setattr(register, "existing_version", lambda *args: None)  # the second looked too early
+    assert _crackops("register") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [f"{NAME} version 2 deleted: a concurrent register of run {a} made version 1 first",
+                       f"registered {NAME} version 1 (run {a}) with alias 'candidate'"]
+    assert _versions(client) == {"1": a}
+    assert alias_version(client, NAME, "candidate") == "1"
+    assert client.get_model_version(NAME, "1").tags[REGISTERED_TAG] == "true"
+
+
 def test_a_model_name_with_a_quote_is_refused(tmp_path: Path) -> None:
     from registry.register import existing_version
 
