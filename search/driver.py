@@ -164,7 +164,8 @@ def conclude(config: SweepConfig, rows: list[TrialRow], parent_id: str | None, p
         drawn, skipped = save_plots(space, rows, config.out_dir)
         for name, why in skipped.items():
             print(f"plot {name} skipped: {why}", flush=True)
-    log_summary(parent_id, space.metric, best, counts, summary.files + ([trials_csv] if trials_csv else []), drawn)
+    log_summary(parent_id, space.metric, best, counts, summary.files + ([trials_csv] if trials_csv else []), drawn,
+                given_up=[row.number for row in rows if row.given_up])
     return summary
 
 

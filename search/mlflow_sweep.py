@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from search.config import SweepConfig
 
 TAG_SWEEP = "sweep.role"
+TAG_GIVEN_UP = "sweep.given_up"  # on the parent: numbers of the trials not run again
 
 
 def sweep_params(config: "SweepConfig", backend: str, n_trials: int, grid_points: int | None,
@@ -136,13 +137,19 @@ def child_runs(parent_id: str) -> list[Any]:
 
 
 def log_summary(run_id: str | None, metric: str, best: BestTrial | None, counts: dict[str, int],
-                files: list[Path], plots: list[Path]) -> None:
-    """Best value and params, counts by state, best-params files and plots onto the parent run."""
+                files: list[Path], plots: list[Path], given_up: list[int] = ()) -> None:
+    """Best value and params, counts by state, given-up trials, best-params files and plots onto the parent run."""
     if run_id is None:
         return
     client = mlflow.MlflowClient()
     step = sum(counts.values())
     metrics = {f"n_{state}": float(n) for state, n in counts.items()}
+    # Points the study will not run again though they never finished: the sweep is short by these.
+    metrics["n_given_up"] = float(len(given_up))
+    if given_up:
+        client.set_tag(run_id, TAG_GIVEN_UP, ", ".join(map(str, given_up)))
+    elif TAG_GIVEN_UP in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, TAG_GIVEN_UP)  # a resumed sweep ran them after all
     if best is not None:
         metrics[f"best_{metric}"] = best.value
         metrics["best_trial"] = float(best.number)

@@ -427,7 +427,12 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
     assert err == f"crackops sweep: error: trial {last} (loss.lambda=0.3) {reason}\n"
     assert (runs[last].info.status, runs[last].data.tags[TAG_FAIL_REASON]) == (
         "FAILED", f"interrupted: the worker stopped; {reason}")
+    (parent,) = [run for run in client.search_runs([client.get_experiment_by_name("crackops").experiment_id])
+                 if run.data.tags.get("sweep.role") == "parent"]
+    assert parent.data.tags["sweep.given_up"] == str(last) and parent.data.metrics["n_given_up"] == 1
     assert sweep(2) == 0  # the cap raised: the point runs again
+    parent = client.get_run(parent.info.run_id)
+    assert "sweep.given_up" not in parent.data.tags and parent.data.metrics["n_given_up"] == 0
     assert f"requeued interrupted trial(s) {last}" in capsys.readouterr().out
     assert _study(storage, "three").trials[-1].state == TrialState.COMPLETE
 
