@@ -357,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     except CrackopsError as error:
         print(f"crackops {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"crackops {args.command}: interrupted; finished outputs are untouched", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `crackops lineage | head`: the reader has gone; say nothing more, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:
         problem = storage_problem(error)
         if problem is None:
@@ -365,13 +372,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crackops {args.command}: error: {problem}; free space or fix permissions and rerun ({hint})",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"crackops {args.command}: interrupted; finished outputs are untouched", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # `crackops lineage | head`: the reader has gone; say nothing more, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 if __name__ == "__main__":
