@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.eval_schema import (CORRUPTION_HEADLINE, GATE_METRICS, METRIC_KEYS, TOLERANCE_RULE_NAMES,
+                                  ZERO_SHOT_HEADLINE)
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -210,7 +212,7 @@ class EvalParams(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     tolerance: int = Field(2, ge=0)
     # ODS/OIS/AP rule (pipeline/metrics/tolerance.py): the DeepLabV3 study's square kernel, or BSDS matching
-    tolerance_rule: Literal["square", "bsds"] = "square"
+    tolerance_rule: Literal[TOLERANCE_RULE_NAMES] = "square"
     n_thresholds: int = Field(99, ge=2)
     batch_size: int = Field(4, ge=1)
     blur_kernels: list[int] = [1, 5, 9, 13, 17, 21]
@@ -289,9 +291,9 @@ class SweepParams(_Section):
     ray: RayParams = RayParams()
 
 
-# Pooled scores, their per-image means (CrackSAM's test numbers) and the tolerance rule's scores.
-MetricKey = Literal["precision", "recall", "f1", "iou", "precision_image_mean", "recall_image_mean",
-                    "f1_image_mean", "iou_image_mean", "ods", "ois", "ap"]
+# Pooled scores, their per-image means (CrackSAM's test numbers) and the tolerance rule's scores
+# (pipeline/eval_schema.py); built from the schema, so a new metric needs no edit here.
+MetricKey = Literal[GATE_METRICS]
 
 
 class PromoteParams(_Section):
@@ -303,14 +305,17 @@ class PromoteParams(_Section):
     margin: float = 0.0  # the candidate's primary score must reach the champion's + margin
     tolerance: float = Field(0.02, ge=0.0)  # largest allowed drop on any corruption or zero-shot set
     floor: float = 0.0  # the first champion needs at least this primary score
-    zero_shot_metric: MetricKey = "iou"  # zero-shot sets compare on IoU, as the SAC study reports them
-    corruption_metric: MetricKey = "f1"  # corruption sets compare on F1, as CrackSAM reports them
+    zero_shot_metric: MetricKey = ZERO_SHOT_HEADLINE  # IoU, as the SAC study reports zero-shot sets
+    corruption_metric: MetricKey = CORRUPTION_HEADLINE  # F1, as CrackSAM reports its corruption sets
 
     @field_validator("primary_metric")
     @classmethod
     def _dotted(cls, value: str) -> str:
         if "." not in value.strip("."):
             raise ValueError(f"must name a set and a metric, like test.f1, got {value!r}")
+        # Set names are open (zero-shot folders), metric names are not: a typo fails here, not at promote.
+        if value.rsplit(".", 1)[1] not in METRIC_KEYS:
+            raise ValueError(f"must end in a metric of metrics.json ({', '.join(METRIC_KEYS)}), got {value!r}")
         return value
 
 

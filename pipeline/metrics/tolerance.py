@@ -2,9 +2,9 @@
 
 A rule is a meter class with ``update(prob, target)`` per image, ``compute()`` giving at least
 ``ods, ods_threshold, ois, ap, pr_curve``, ``per_image_best()`` and a static ``describe(tolerance,
-n_thresholds)`` for the report. A new rule is a new file, one entry in :data:`TOLERANCE_RULES`
-(and its name in ``EvalParams.tolerance_rule``'s choices, which params.py lists without importing
-the metrics) and one test.
+n_thresholds)`` for the report. A new rule is a new file, one entry in :data:`TOLERANCE_RULES`,
+its name in ``TOLERANCE_RULE_NAMES`` (pipeline/eval_schema.py: the choices params validation
+offers without importing the metrics) and one test.
 
 * ``square``: the DeepLabV3 crack study's rule (:mod:`pipeline.metrics.square_rule`);
 * ``bsds``: the BSDS boundary benchmark as pyEdgeEval ports it (:mod:`pipeline.metrics.bsds_rule`).
