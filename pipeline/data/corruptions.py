@@ -79,6 +79,8 @@ def gaussian_blur(image: np.ndarray, kernel: int) -> np.ndarray:
     return _gaussian(kernel)(image=image)["image"]
 
 
+# How each corruption set is made; its name, order and report note are declared in
+# pipeline/eval_schema.py (CORRUPTION_SETS), which tests/test_eval_schema.py keeps equal to these keys.
 CORRUPTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "low_light_blur": low_light_blur,
     "blur_down_up": blur_down_up,

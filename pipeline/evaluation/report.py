@@ -7,22 +7,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.eval_schema import (BLUR_SWEEP, BLUR_SWEEP_METRICS, COLUMNS, CORRUPTION_SETS, HEADERS, TEST,
+                                  ZERO_SHOT, ZERO_SHOT_MEAN, ZERO_SHOT_STD, blur_kernel, corruption_names,
+                                  zero_shot_names)
 from pipeline.metrics.tolerance import tolerance_rule as rule_meter
 from pipeline.visualize import panel_legend
 
-# (metrics.json key, column header) of the main table: pooled scores, per-image means, tolerance scores.
-COLUMNS = (
-    ("precision", "P"), ("recall", "R"), ("f1", "F1"), ("iou", "IoU"),
-    ("f1_image_mean", "F1 img-mean"), ("iou_image_mean", "IoU img-mean"),
-    ("ods", "ODS"), ("ois", "OIS"), ("ap", "AP"),
-)
-SECTIONS = ("test", "blur_sweep", "zero_shot")
-SUMMARY_KEYS = ("mean", "std")
-NOTES = {
-    "test": "in-distribution test split",
-    "low_light_blur": "HSV value −50, then a 9×9 Gaussian blur (CrackSAM robustness set 1)",
-    "blur_down_up": "21×21 Gaussian blur, then bicubic down to half size and back up (CrackSAM robustness set 2)",
-}
+NOTES = {s.name: s.note for s in CORRUPTION_SETS}  # how the report describes each corruption set
 
 
 def _cell(text: str) -> str:
@@ -37,38 +28,30 @@ def _metric_row(label: str, n: int | None, metrics: Mapping[str, float]) -> str:
     return _row(label, n, [f"{metrics[key]:.4f}" for key, _ in COLUMNS])
 
 
-def corruption_names(metrics: Mapping[str, Any]) -> list[str]:
-    """The corruption sets in a metrics.json tree: every top-level key but the fixed sections."""
-    return [key for key in metrics if key not in SECTIONS]
-
-
-def zero_shot_names(metrics: Mapping[str, Any]) -> list[str]:
-    return [key for key in metrics.get("zero_shot", {}) if key not in SUMMARY_KEYS]
-
-
 def _main_table(metrics: Mapping[str, Any], n_images: Mapping[str, int]) -> list[str]:
     lines = ["| Set | Images | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
-    lines.append(_metric_row("test", n_images.get("test"), metrics["test"]))
+    lines.append(_metric_row(TEST, n_images.get(TEST), metrics[TEST]))
     for name in corruption_names(metrics):
         lines.append(_metric_row(name, n_images.get(name), metrics[name]))
-    zero_shot = metrics.get("zero_shot", {})
+    zero_shot = metrics.get(ZERO_SHOT, {})
     names = zero_shot_names(metrics)
     for name in names:
         lines.append(_metric_row(f"zero-shot: {name}", n_images.get(name), zero_shot[name]))
     if names:
-        mean, std = zero_shot["mean"], zero_shot["std"]
+        mean, std = zero_shot[ZERO_SHOT_MEAN], zero_shot[ZERO_SHOT_STD]
         values = [f"{mean[key]:.4f} ± {std[key]:.4f}" for key, _ in COLUMNS]
         lines.append(_row(f"**zero-shot mean ± std** ({len(names)} sets)", None, values))
     return lines
 
 
 def _blur_table(sweep: Mapping[str, Mapping[str, float]]) -> list[str]:
-    lines = ["| Kernel | F1 | IoU | F1 img-mean | IoU img-mean |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| Kernel | " + " | ".join(HEADERS[k] for k in BLUR_SWEEP_METRICS) + " |",
+             "|---:|" + "---:|" * len(BLUR_SWEEP_METRICS)]
     for key, scores in sweep.items():
-        kernel = key.removeprefix("k")
+        kernel = blur_kernel(key)
         label = f"{kernel} (none)" if kernel == "1" else f"{kernel}×{kernel}"
         # Trees written before the per-image means lack them: a dash, not a KeyError.
-        cells = [f"{scores[k]:.4f}" if k in scores else "—" for k in ("f1", "iou", "f1_image_mean", "iou_image_mean")]
+        cells = [f"{scores[k]:.4f}" if k in scores else "—" for k in BLUR_SWEEP_METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -110,9 +93,9 @@ def render_report(
                      "**population** standard deviation (ddof=0), so a single set has std 0.")
     lines += ["", "## Scores", "", *_main_table(metrics, n_images), ""]
 
-    if metrics.get("blur_sweep"):
+    if metrics.get(BLUR_SWEEP):
         lines += ["## Blur sweep", "", "Gaussian blur of the test images, kernel k×k (OpenCV's sigma for k).", "",
-                  *_blur_table(metrics["blur_sweep"]), ""]
+                  *_blur_table(metrics[BLUR_SWEEP]), ""]
     if plots:
         lines += ["## Plots", ""]
         for caption, path in plots.items():

@@ -13,11 +13,9 @@ from torch.utils.data import Dataset
 
 from pipeline.data import CORRUPTIONS, CrackDataset, gaussian_blur, load_manifest
 from pipeline.errors import DatasetError
+from pipeline.eval_schema import CORRUPTION_NAMES, SUMMARY_KEYS, TEST
 
 SetKind = Literal["test", "corruption", "blur", "zero_shot"]
-TEST = "test"
-# Keys of the zero-shot summary in metrics.json; a set with one of these names would hide it.
-RESERVED_NAMES = ("mean", "std")
 
 
 @dataclass
@@ -71,13 +69,15 @@ def build_eval_sets(prepared_dir: Path, zero_shot: dict[str, Path], blur_kernels
     load_manifest(prepared_dir)  # fails early, naming the folder, if prepare has not run
     test = CrackDataset(Path(prepared_dir) / TEST)
     sets = [EvalSet(TEST, test, "test")]
-    sets += [EvalSet(name, _view(test, image_only(fn)), "corruption") for name, fn in CORRUPTIONS.items()]
+    # The schema names the sets and their order; CORRUPTIONS holds how each is made.
+    sets += [EvalSet(name, _view(test, image_only(CORRUPTIONS[name])), "corruption") for name in CORRUPTION_NAMES]
     for kernel in sorted(set(blur_kernels)):
         # Kernel 1 is the clean split itself: no transform, so it scores exactly like the test set.
         dataset = test if kernel == 1 else _view(test, image_only(functools.partial(gaussian_blur, kernel=kernel)))
         sets.append(EvalSet(blur_set_name(kernel), dataset, "blur", kernel=kernel))
 
-    taken = {s.name for s in sets} | set(RESERVED_NAMES)
+    # A zero-shot set named like the summary (mean, std) would hide it in metrics.json.
+    taken = {s.name for s in sets} | set(SUMMARY_KEYS)
     for name, folder in zero_shot.items():
         if name in taken:
             raise DatasetError(f"zero-shot set name {name!r} clashes with a built-in set or summary key "

@@ -21,6 +21,8 @@ from torch import nn
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import DatasetError
+from pipeline.eval_schema import (BLUR_SWEEP, BLUR_SWEEP_METRICS, TEST, ZERO_SHOT, ZERO_SHOT_MEAN, ZERO_SHOT_STD,
+                                  blur_kernel, blur_point)
 from pipeline.evaluation.report import render_report, report_html
 from pipeline.evaluation.scoring import SetScore, score_set
 from pipeline.evaluation.sets import EvalSet, build_eval_sets
@@ -37,8 +39,6 @@ BLUR_SWEEP_PNG = "blur_sweep.png"
 REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"  # the same with its images inside: what MLflow's artifact view shows
 OVERLAY_DIR = "overlays"
-# A blur-sweep point's scores in metrics.json: pooled and per-image-mean F1 and IoU (the CSV plots the pooled).
-BLUR_KEYS = ("f1", "iou", "f1_image_mean", "iou_image_mean")
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -55,15 +55,16 @@ def zero_shot_summary(scores: list[SetScore]) -> tuple[dict[str, float], dict[st
 def build_metrics(scores: list[SetScore], kernels: dict[str, int]) -> dict[str, Any]:
     """The metrics.json tree (numbers only at the leaves); ``kernels`` maps blur set names to kernels."""
     by_kind = {kind: [s for s in scores if s.kind == kind] for kind in ("test", "corruption", "blur", "zero_shot")}
-    tree: dict[str, Any] = {"test": _rounded(by_kind["test"][0].metrics)}
+    tree: dict[str, Any] = {TEST: _rounded(by_kind["test"][0].metrics)}
     tree.update({s.name: _rounded(s.metrics) for s in by_kind["corruption"]})
-    tree["blur_sweep"] = {f"k{kernels[s.name]}": _rounded({k: s.metrics[k] for k in BLUR_KEYS})
-                          for s in by_kind["blur"]}
+    # A blur-sweep point keeps a few scores (BLUR_SWEEP_METRICS); blur_sweep.csv plots the pooled F1 and IoU.
+    tree[BLUR_SWEEP] = {blur_point(kernels[s.name]): _rounded({k: s.metrics[k] for k in BLUR_SWEEP_METRICS})
+                        for s in by_kind["blur"]}
     zero_shot: dict[str, Any] = {s.name: _rounded(s.metrics) for s in by_kind["zero_shot"]}
     if by_kind["zero_shot"]:
         mean, std = zero_shot_summary(by_kind["zero_shot"])
-        zero_shot.update({"mean": _rounded(mean), "std": _rounded(std)})
-    tree["zero_shot"] = zero_shot
+        zero_shot.update({ZERO_SHOT_MEAN: _rounded(mean), ZERO_SHOT_STD: _rounded(std)})
+    tree[ZERO_SHOT] = zero_shot
     return tree
 
 
@@ -171,7 +172,7 @@ def run_evaluation(
     kernels = {s.name: s.kernel for s in sets if s.kind == "blur"}
     metrics = build_metrics(scores, kernels)
     test = scores[0]
-    sweep_rows = [[int(key[1:]), v["f1"], v["iou"]] for key, v in metrics["blur_sweep"].items()]
+    sweep_rows = [[int(blur_kernel(key)), v["f1"], v["iou"]] for key, v in metrics[BLUR_SWEEP].items()]
 
     with atomic_dir(out_dir) as tmp:
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
