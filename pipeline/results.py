@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.eval_schema import HEADLINE_SCORES, TEST
 from pipeline.params import EvalParams, TrainParams
 
 RESULTS_DIR = Path("results")
@@ -33,12 +34,11 @@ BLUR_SWEEP_PLOT = PLOTS_DIR / "blur_sweep.csv"  # kernel, f1, iou (evaluate)
 PIPELINE_TRAIN_DIR = Path(TrainParams.model_fields["out_dir"].default)
 PIPELINE_EVAL_DIR = Path(EvalParams.model_fields["out_dir"].default)
 
-# The test split's headline columns, in results/metrics.json's order (`dvc metrics show` sorts its own):
-# pooled P/R/F1/IoU, CrackSAM's per-image mean F1 and IoU, and the tolerance rule's ODS and AP.
-TEST_KEYS = ("precision", "recall", "f1", "iou", "f1_image_mean", "iou_image_mean", "ods", "ap")
+# The evaluation's headline scores that DVC compares (pipeline/eval_schema.py), in results/metrics.json's
+# order (`dvc metrics show` sorts its own): the test split's pooled P/R/F1/IoU, per-image mean F1 and IoU,
+# ODS and AP, each corruption set's F1 and the zero-shot mean IoU.
+DVC_SCORES = tuple(score for score in HEADLINE_SCORES if score.dvc)
 DECIMALS = 5  # as the evaluation rounds its scores (pipeline.evaluation.suite)
-# Top-level sections of the evaluation tree that are not corruption sets (pipeline.evaluation.report).
-EVAL_SECTIONS = ("test", "blur_sweep", "zero_shot")
 
 
 def headline_metrics(train: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,16 +48,19 @@ def headline_metrics(train: Mapping[str, Any], evaluation: Mapping[str, Any]) ->
     ``promote.primary_metric`` names them) plus ``val.f1`` and ``trainable_params`` from training.
     ``zero_shot`` is left out when no zero-shot set was scored (``eval.zero_shot: []``).
     """
-    out: dict[str, Any] = {
-        "val": {"f1": round(float(train["val"]["f1"]), DECIMALS)},  # training keeps full precision
-        "test": {key: evaluation["test"][key] for key in TEST_KEYS},
-    }
-    for name, scores in evaluation.items():
-        if name not in EVAL_SECTIONS:
-            out[name] = {"f1": scores["f1"]}
-    mean = evaluation.get("zero_shot", {}).get("mean")
-    if mean is not None:
-        out["zero_shot"] = {"mean": {"iou": mean["iou"]}}
+    out: dict[str, Any] = {"val": {"f1": round(float(train["val"]["f1"]), DECIMALS)}}  # training keeps full precision
+    for score in DVC_SCORES:
+        *parents, name = score.set.split(".")
+        node: Any = evaluation
+        for part in parents:
+            node = node.get(part, {})
+        # The test split is always scored (a missing score is an error); other sets may be absent.
+        if score.set != TEST and name not in node:
+            continue
+        target = out
+        for part in (*parents, name):
+            target = target.setdefault(part, {})
+        target[score.metric] = node[name][score.metric]
     out["trainable_params"] = train["trainable_params"]
     return out
 
