@@ -9,26 +9,22 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from pipeline import eval_schema as schema
 from pipeline.errors import CrackopsError
 from registry.lineage import architecture
 from registry.versions import alias_version, get_version, parse_models_uri
 
 _NAME_VERSION = re.compile(r"^(?P<name>[^/@:]+)/(?P<version>\d+)$")
-# (run metric from log_evaluation, version tag from register, column header)
-SCORES = (
-    ("test_precision", "eval.test.precision", "P"),
-    ("test_recall", "eval.test.recall", "R"),
-    ("test_f1", "eval.test.f1", "F1"),
-    ("test_iou", "eval.test.iou", "IoU"),
-    ("test_f1_image_mean", "eval.test.f1_image_mean", "F1 img-mean"),
-    ("test_iou_image_mean", "eval.test.iou_image_mean", "IoU img-mean"),
-    ("test_ods", "eval.test.ods", "ODS"),
-    ("test_ap", "eval.test.ap", "AP"),
-    ("low_light_blur_f1", "eval.low_light_blur.f1", "low-light+blur F1"),
-    ("blur_down_up_f1", "eval.blur_down_up.f1", "blur+down-up F1"),
-)
-ZERO_SHOT_MEAN = ("zero_shot_mean_iou", "eval.zero_shot.mean.iou")
-ZERO_SHOT_STD = ("zero_shot_std_iou", "eval.zero_shot.std.iou")
+# Before a headline score's metric header: nothing for the test split, the set's label otherwise.
+_LABELS = {schema.TEST: "", **{s.name: f"{s.label} " for s in schema.CORRUPTION_SETS}}
+# (run metric from log_evaluation, version tag from register, column header) of the headline scores
+# (pipeline/eval_schema.py); the zero-shot mean and std share one column.
+SCORES = tuple((score.run_metric, score.tag, f"{_LABELS[score.set]}{schema.HEADERS[score.metric]}")
+               for score in schema.HEADLINE_SCORES if score.set in _LABELS)
+_SUMMARY = {score.set: (score.run_metric, score.tag) for score in schema.HEADLINE_SCORES}
+ZERO_SHOT_MEAN = _SUMMARY[f"{schema.ZERO_SHOT}.{schema.ZERO_SHOT_MEAN}"]
+ZERO_SHOT_STD = _SUMMARY[f"{schema.ZERO_SHOT}.{schema.ZERO_SHOT_STD}"]
+ZERO_SHOT_HEADER = f"Zero-shot {schema.HEADERS[schema.ZERO_SHOT_HEADLINE]} (mean ± std)"
 
 
 @dataclass
@@ -117,7 +113,7 @@ def _params(entry: Entry) -> str:
 def render_compare(entries: list[Entry]) -> str:
     """Markdown: a score table (one row per model) and a lineage table."""
     # No speed column: a run's seconds per epoch measure the machine and its load at the time, not the model.
-    header = ["Model", "Method", *[h for _, _, h in SCORES], "Zero-shot IoU (mean ± std)", "Trainable params",
+    header = ["Model", "Method", *[h for _, _, h in SCORES], ZERO_SHOT_HEADER, "Trainable params",
               "Test data"]
     lines = ["## Scores", "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for entry in entries:

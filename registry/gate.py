@@ -14,12 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from pipeline import eval_schema as schema
+from pipeline.eval_schema import corruption_names, zero_shot_names
 from pipeline.params import PromoteParams
 
 PRIMARY, CORRUPTION, ZERO_SHOT = "primary", "corruption", "zero-shot"
-# The metrics.json layout of pipeline.evaluation.report (not imported: that package loads torch).
-FIXED_SECTIONS = ("test", "blur_sweep", "zero_shot")
-SUMMARY_KEYS = ("mean", "std")
 
 
 @dataclass(frozen=True)
@@ -71,15 +70,6 @@ def metric_value(metrics: Mapping[str, Any], path: str) -> float | None:
     return float(value)
 
 
-def corruption_names(metrics: Mapping[str, Any]) -> list[str]:
-    """Corruption sets: every top-level key of metrics.json but the fixed sections."""
-    return [key for key in metrics if key not in FIXED_SECTIONS]
-
-
-def zero_shot_names(metrics: Mapping[str, Any]) -> list[str]:
-    return [key for key in metrics.get("zero_shot", {}) if key not in SUMMARY_KEYS]
-
-
 def _usable(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -92,9 +82,9 @@ def checked_metrics(candidate: Mapping[str, Any], champion: Mapping[str, Any] | 
     zero_shot = sorted({name for tree in trees for name in zero_shot_names(tree)})
     rows = [(PRIMARY, gate.primary_metric)]
     rows += [(CORRUPTION, f"{name}.{gate.corruption_metric}") for name in corruptions]
-    rows += [(ZERO_SHOT, f"zero_shot.{name}.{gate.zero_shot_metric}") for name in zero_shot]
+    rows += [(ZERO_SHOT, f"{schema.ZERO_SHOT}.{name}.{gate.zero_shot_metric}") for name in zero_shot]
     if zero_shot:
-        rows.append((ZERO_SHOT, f"zero_shot.mean.{gate.zero_shot_metric}"))
+        rows.append((ZERO_SHOT, f"{schema.ZERO_SHOT}.{schema.ZERO_SHOT_MEAN}.{gate.zero_shot_metric}"))
     return rows
 
 

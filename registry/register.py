@@ -18,16 +18,15 @@ from mlflow.entities.model_registry import ModelVersion
 
 from pipeline.atomic import write_json
 from pipeline.errors import CrackopsError
+from pipeline.eval_schema import HEADLINE_SCORES as SCHEMA_HEADLINES, LEADING_SCORES
 from registry.lineage import architecture
 from registry.markers import PROMOTION_HEADING, REGISTERED_TAG
 
 CANDIDATE_ALIAS = "candidate"
-# Scores copied onto the model version as tags: what a reviewer checks before promotion.
-HEADLINE_SCORES = (
-    ("test", "f1"), ("test", "iou"), ("test", "precision"), ("test", "recall"),
-    ("test", "f1_image_mean"), ("test", "iou_image_mean"), ("test", "ods"), ("test", "ap"),
-    ("low_light_blur", "f1"), ("blur_down_up", "f1"), ("zero_shot.mean", "iou"), ("zero_shot.std", "iou"),
-)
+# Scores copied onto the model version as tags (pipeline/eval_schema.py): what a reviewer checks
+# before promotion; (set, metric) pairs, the pooled test F1 and IoU first as the description lists them.
+HEADLINE_SCORES = tuple((score.set, score.metric)
+                        for score in sorted(SCHEMA_HEADLINES, key=lambda score: score.path not in LEADING_SCORES))
 
 
 @dataclass
