@@ -5,7 +5,7 @@ on the same data with the same seeds, using the sweep's own pieces: ``SearchSpac
 SAC protocol: 5% of the grid, every point trained in full), ``space.suggest`` with the sampler and
 pruner that ``crackops sweep --sampler tpe --pruner asha`` builds, and one epoch reported at a time.
 
-Each configuration is trained through the one training loop (``train_from_params``) with the
+Each configuration is trained through the one training loop (``train_with_tracking``, tracking off) with the
 space's full schedule, as far as any search has asked of it, and its per-epoch validation scores are
 stored; a search that asks for more epochs resumes it from the loop's resume state, and a search
 that visits it again reads the stored scores. Training is seeded (``train.seed``) and a resumed
@@ -56,9 +56,9 @@ import optuna
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.data.sources import ensure_training_data
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_params_file, set_values, validate
+from pipeline.tracking.tracked_training import train_with_tracking
+from pipeline.training.callbacks import Callback, EpochResult, TrainerControl
 from pipeline.training.loop import NonFiniteLossError
-from pipeline.training.callbacks import Callback, EpochResult
-from pipeline.training.run import resume_dir, train_from_params
 from search.optuna_backend import make_pruner
 from search.samplers import make_sampler
 from search.space import SearchSpace, load_space
@@ -76,20 +76,16 @@ def config_key(chosen: dict[str, Any]) -> str:
     return json.dumps(chosen, sort_keys=True)
 
 
-class _EnoughEpochs(Exception):
-    """Ends a training after the epochs asked for; its resume state stays for later epochs."""
-
-
 class _RecordEpochs(Callback):
     def __init__(self, stop_after: int, into: list[dict[str, float]]) -> None:
         self.stop_after, self.into = stop_after, into
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         # Every validation score, so another metric or pruning metric needs no new training.
         self.into.append({name: float(value) for name, value in result.metrics().items()
                           if name.startswith("val_") or name == "train_loss"})
         if result.epoch + 1 >= self.stop_after:
-            raise _EnoughEpochs
+            control.stop("enough epochs for now")  # the resume state stays for later epochs
 
 
 class CurveTable:
@@ -129,10 +125,7 @@ class CurveTable:
         started = time.perf_counter()
         print(f"training {chosen} to epoch {epochs}", flush=True)
         try:
-            with resume_dir(work):
-                train_from_params(params, [_RecordEpochs(epochs, new)], progress=False)
-        except _EnoughEpochs:
-            pass
+            train_with_tracking(params, None, callbacks=[_RecordEpochs(epochs, new)], progress=False, work=work)
         except NonFiniteLossError:
             new.append({})  # every score NaN: the sweep records the trial failed at this epoch
         self.seconds += time.perf_counter() - started

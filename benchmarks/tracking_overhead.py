@@ -23,7 +23,7 @@ from pipeline.data.sources import ensure_training_data
 from pipeline.params import DEFAULT_PARAMS_FILE, Params, apply_overrides, read_params_file, validate
 from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.tracked_training import train_with_tracking
-from pipeline.training.callbacks import Callback, EpochResult
+from pipeline.training.callbacks import Callback, EpochResult, TrainerControl
 
 
 class WallClock(Callback):
@@ -41,7 +41,7 @@ class WallClock(Callback):
     def on_train_start(self, total_epochs: int) -> None:
         self._last, self._last_cpu = time.perf_counter(), time.process_time()
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         now, cpu = time.perf_counter(), time.process_time()
         self.seconds.append(now - self._last)
         self.cpu_seconds.append(cpu - self._last_cpu)
@@ -60,9 +60,9 @@ def time_logging_calls(into: list[float]) -> None:
     """Record how long each MlflowCallback.on_epoch_end call blocks the loop."""
     original = MlflowCallback.on_epoch_end
 
-    def timed(self: MlflowCallback, result: EpochResult) -> None:
+    def timed(self: MlflowCallback, result: EpochResult, control: TrainerControl) -> None:
         started = time.perf_counter()
-        original(self, result)
+        original(self, result, control)
         into.append(time.perf_counter() - started)
 
     MlflowCallback.on_epoch_end = timed  # type: ignore[method-assign]

@@ -1,23 +1,28 @@
 """One sweep trial, backend-independent: params, training through the normal loop, reporting, failures.
 
 Optuna (``search.optuna_backend``) and Ray Tune call :func:`run_trial`; each backend brings a
-:class:`Reporter` that forwards every epoch's score to its scheduler and raises its own "stop"
-exception (``optuna.TrialPruned``, ...) to end a trial early. Training always goes through
-``train_with_tracking`` -> ``train_from_params``: there is one training loop for everything.
+:class:`Reporter` that forwards every epoch's score to its scheduler and answers with a reason to
+stop, which sets the loop's ``TrainerControl`` (Ray's own ``tune.report`` may instead end the
+trial by raising ``SystemExit``). Training always goes through ``train_with_tracking`` ->
+``train_from_params``: there is one training loop for everything.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from pipeline.errors import CrackopsError, ParamsError
 from pipeline.params import MlflowParams, Params
-from pipeline.training.callbacks import Callback, EpochResult, FitResult
+from pipeline.training.callbacks import Callback, EpochResult, FitResult, TrainerControl
 from pipeline.training.loop import NonFiniteLossError
 from search.space import SearchSpace
 from search.states import COMPLETE, FAILED, PRUNED, RUNNING
+
+if TYPE_CHECKING:
+    from pipeline.tracking.mlflow_callback import MlflowCallback
 
 # MLflow tags on every trial's child run; names shared by all backends.
 TAG_STATE = "trial.state"
@@ -87,22 +92,24 @@ def describe(error: BaseException) -> str:
 
 
 class Reporter(Protocol):
-    """A backend's scheduler hook: told each epoch's score; raises to stop the trial early."""
+    """A backend's scheduler hook: told each epoch's score; returns why to stop the trial (pruned), else None."""
 
-    def report(self, step: int, value: float, metrics: dict[str, float]) -> None: ...
+    def report(self, step: int, value: float, metrics: dict[str, float]) -> str | None: ...
 
 
 class ReportingCallback(Callback):
     """Forward ``metric`` after every epoch to a :class:`Reporter`; ``step`` = epochs run (1-based),
-    the same step as the trial's MLflow metric history."""
+    the same step as the trial's MLflow metric history. A reason to stop prunes the trial."""
 
     def __init__(self, reporter: Reporter, metric: str) -> None:
         self.reporter = reporter
         self.metric = metric
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         metrics = result.metrics()
-        self.reporter.report(result.epoch + 1, metric_value(metrics, self.metric), metrics)
+        reason = self.reporter.report(result.epoch + 1, metric_value(metrics, self.metric), metrics)
+        if reason:
+            control.stop(reason, pruned=True)
 
 
 class EpochLines(Callback):
@@ -117,24 +124,11 @@ class EpochLines(Callback):
     def on_train_start(self, total_epochs: int) -> None:
         self.total = total_epochs
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         metrics = result.metrics()
         shown = {key: metrics[key] for key in dict.fromkeys([self.metric, "val_f1", "train_loss"]) if key in metrics}
         values = " ".join(f"{key} {value:.4f}" for key, value in shown.items())
         print(f"{self.name} epoch {result.epoch + 1}/{self.total}: {values} [{result.seconds:.0f}s]", flush=True)
-
-
-class _RunIdRecorder(Callback):
-    """Remembers the trial's MLflow run id as soon as training starts (the run is active then)."""
-
-    def __init__(self) -> None:
-        self.run_id: str | None = None
-
-    def on_train_start(self, total_epochs: int) -> None:
-        import mlflow
-
-        run = mlflow.active_run()
-        self.run_id = run.info.run_id if run else None
 
 
 @dataclass
@@ -145,6 +139,11 @@ class TrialResult:
     fit: FitResult
     params: Params
     run_id: str | None
+
+    @property
+    def pruned(self) -> bool:
+        """Stopped by the backend's pruner (its reason in ``fit.control.reason``)."""
+        return self.fit.control.pruned
 
     @property
     def epochs_run(self) -> int:
@@ -190,14 +189,21 @@ def run_trial(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     pruned_errors: tuple[type[BaseException], ...] = (),
+    tracker: "MlflowCallback | None" = None,
+    work: Path | None = None,
 ) -> TrialResult:
     """Train one configuration as a nested MLflow run under the active (sweep) run.
 
-    Raises :class:`TrialFailure` for the trial's own failures (with the child run tagged failed),
-    re-raises ``pruned_errors`` after tagging the run pruned (tracked training ends it KILLED, not
-    FAILED), and re-raises anything else after tagging the run failed.
+    A trial its reporter pruned returns with ``pruned`` set and its run tagged pruned (tracked
+    training ends it KILLED). Raises :class:`TrialFailure` for the trial's own failures (with the
+    child run tagged failed), re-raises ``pruned_errors`` (a backend's own stop exception) after
+    tagging the run pruned, and re-raises anything else after tagging the run failed. ``tracker``
+    (the MLflow callback) lets the caller's callbacks read the run id; ``work`` is the resume folder;
+    the best epoch is chosen by the space's metric.
     """
+    from pipeline.tracking.mlflow_callback import MlflowCallback
     from pipeline.tracking.tracked_training import train_with_tracking
+    from pipeline.training.run import Selection
 
     tags = {**(tags or {}), TAG_STATE: RUNNING}
     try:
@@ -206,21 +212,23 @@ def run_trial(
         reason = failure_reason(error) or str(error)
         run_id = record_failed_run(_mlflow_params(base_tree), winning_values(space, chosen), reason, run_name, tags)
         raise TrialFailure(reason, run_id) from error
-    recorder = _RunIdRecorder()
+    tracker = tracker or MlflowCallback()
     try:
         lines = EpochLines(run_name or "trial", space.metric)
-        outcome, run_id = train_with_tracking(params, None, nested=True, callbacks=[recorder, lines, *callbacks],
-                                              progress=False, run_name=run_name, tags=tags)
+        outcome, run_id = train_with_tracking(params, None, nested=True, callbacks=[lines, *callbacks],
+                                              progress=False, run_name=run_name, tags=tags, work=work,
+                                              selection=Selection.for_sweep_metric(space.metric, space.direction),
+                                              tracker=tracker)
     except pruned_errors:
-        tag_run(recorder.run_id, PRUNED)
+        tag_run(tracker.run_id, PRUNED)
         raise
     except BaseException as error:
         reason = failure_reason(error) if isinstance(error, Exception) else None
-        tag_run(recorder.run_id, FAILED, reason or f"interrupted: {describe(error)}")
+        tag_run(tracker.run_id, FAILED, reason or f"interrupted: {describe(error)}")
         if reason is None:
             raise
-        raise TrialFailure(reason, recorder.run_id) from error
-    tag_run(run_id, COMPLETE)
+        raise TrialFailure(reason, tracker.run_id) from error
+    tag_run(run_id, PRUNED if outcome.fit.control.pruned else COMPLETE)
     return TrialResult(best_value(outcome.fit, space.metric, space.direction), outcome.fit, params, run_id)
 
 

@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.dblock import DatabaseLockError, connect_args, database_lock, masked_url, sqlite_file
 from pipeline.params import OptunaWorkerParams
+from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
@@ -311,32 +312,32 @@ def recover_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, ret
 
 
 class _OptunaReporter:
-    """Per-epoch score to Optuna; raises ``TrialPruned`` when the pruner says so."""
+    """Per-epoch score to Optuna; answers with a reason to stop when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
         self.metric = metric
         self.steps = 0
 
-    def report(self, step: int, value: float, metrics: dict[str, float]) -> None:
+    def report(self, step: int, value: float, metrics: dict[str, float]) -> str | None:
         self.steps = step
         self.trial.report(value, step)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {step} ({self.metric} {value:.4f})")
+            return f"pruned after epoch {step} ({self.metric} {value:.4f})"
+        return None
 
 
 class _RecordRunId(Callback):
-    """The trial's MLflow run id into its user attrs, so a report or a rescue can find the run."""
+    """The trial's MLflow run id (from the tracking callback) into its user attrs, so a report or a
+    rescue can find the run."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(self, trial: optuna.Trial, tracker: MlflowCallback) -> None:
         self.trial = trial
+        self.tracker = tracker
 
     def on_train_start(self, total_epochs: int) -> None:
-        import mlflow
-
-        run = mlflow.active_run()
-        if run is not None:
-            self.trial.set_user_attr(A_RUN_ID, run.info.run_id)
+        if self.tracker.run_id is not None:
+            self.trial.set_user_attr(A_RUN_ID, self.tracker.run_id)
 
 
 class _Objective:
@@ -354,20 +355,20 @@ class _Objective:
         trial.set_user_attr(A_PARAMS, chosen)
         reporter = _OptunaReporter(trial, self.space.pruning_metric)
         tags = {TAG_NUMBER: str(trial.number), TAG_STUDY: self.config.study_name, TAG_BACKEND: OptunaBackend.name}
+        tracker = MlflowCallback()
         try:
             result = run_trial(self.base_tree, self.space, chosen,
-                               [_RecordRunId(trial), ReportingCallback(reporter, self.space.pruning_metric)],
-                               run_name=f"trial-{trial.number}", tags=tags, pruned_errors=(optuna.TrialPruned,))
+                               [_RecordRunId(trial, tracker), ReportingCallback(reporter, self.space.pruning_metric)],
+                               run_name=f"trial-{trial.number}", tags=tags, tracker=tracker)
         except TrialFailure as failure:
             trial.set_user_attr(A_FAIL_REASON, failure.reason)
-            raise
-        except optuna.TrialPruned:
-            trial.set_user_attr(A_EPOCHS, reporter.steps)
             raise
         except BaseException as error:
             trial.set_user_attr(A_INTERRUPTED, describe(error))
             raise
         trial.set_user_attr(A_EPOCHS, result.epochs_run)
+        if result.pruned:
+            raise optuna.TrialPruned(result.fit.control.reason)  # how an Optuna objective says "pruned"
         return result.value
 
 

@@ -11,8 +11,8 @@ plots and the printed summary. Tune adds parallel trials across a cluster:
 * trials: each a Ray actor with ``sweep.ray.cpus_per_trial`` CPUs (also its torch threads) running
   :func:`search.objective.run_trial`, i.e. the one training loop;
 * checkpoints: after every epoch but the last, the loop's resume state (``last.pt``, ``best.pt``)
-  goes to Tune as the trial's checkpoint. A restored trial copies it back into its
-  :func:`pipeline.training.run.resume_dir` and the loop goes on from the next epoch;
+  goes to Tune as the trial's checkpoint. A restored trial copies it back into its resume folder
+  (``work`` of :func:`search.objective.run_trial`) and the loop goes on from the next epoch;
 * resume: rerunning the command finds the experiment folder (``sweep.ray.storage_path/<study>``)
   and restores it: finished trials are kept, interrupted and errored ones continue from their last
   checkpoint, pending ones start.
@@ -43,9 +43,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.params import Params
-from pipeline.training.callbacks import Callback
-from pipeline.training.run import resume_dir
+from pipeline.tracking.mlflow_callback import MlflowCallback
 from pipeline.tracking.setup import resolve_tracking_uri
+from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
 from search.mlflow_sweep import close_orphan_children
@@ -141,25 +141,29 @@ class TuneTrialReporter(Callback):
     ``on_resume``), so every run holds the whole history.
     """
 
-    def __init__(self, work: Path, epochs: int, history: list[dict[str, float]]) -> None:
+    def __init__(self, work: Path, epochs: int, history: list[dict[str, float]], tracker: MlflowCallback) -> None:
         self.work = work
         self.epochs = epochs
         self.history = history
-        self.run_id: str | None = None
+        self.tracker = tracker  # exposes the trial's MLflow run id once training starts
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tracker.run_id
 
     def on_train_start(self, total_epochs: int) -> None:
-        run = mlflow.active_run()
-        self.run_id = run.info.run_id if run else None
         if not (self.work / "last.pt").is_file():
             self.history = []  # no state, or dropped for changed params: the loop starts over
-        elif self.history and run is not None:
+        elif self.history and self.run_id is not None:
             # The checkpoint's epochs reach the new run through MlflowCallback.on_resume.
             mlflow.set_tag(TAG_RESUMED, str(len(self.history)))
 
     def report(self, step: int, value: float, metrics: dict[str, float]) -> None:
+        """Tune's scheduler stops a trial by raising ``SystemExit`` from ``tune.report`` (Ray's way),
+        so this never answers with a reason to stop."""
         self.history.append(metrics)
         if step >= self.epochs:
-            return
+            return None
         # The epoch's metrics must be stored before Tune can stop this process.
         mlflow.flush_async_logging()
         with tempfile.TemporaryDirectory(prefix="crackops-ckpt-") as folder:
@@ -243,12 +247,13 @@ def crackops_trial(config: dict[str, Any], context: TrialContext) -> None:
     try:
         # Shipped inputs: this node's cached copies (downloaded once per node and version).
         base_tree = localize(context.base_tree, shipment) if shipment is not None else context.base_tree
-        reporter = TuneTrialReporter(work, space.epochs, _restore(work))
-        with resume_dir(work), _working_dir(work if shipment is not None else None):
+        tracker = MlflowCallback()
+        reporter = TuneTrialReporter(work, space.epochs, _restore(work), tracker)
+        with _working_dir(work if shipment is not None else None):
             try:
                 callbacks = [reporter, ReportingCallback(reporter, space.pruning_metric)]
                 result = run_trial(base_tree, space, chosen, callbacks, run_name=f"trial-{number}",
-                                   tags=tags, pruned_errors=(SystemExit,))
+                                   tags=tags, pruned_errors=(SystemExit,), tracker=tracker, work=work)
             except TrialFailure as failure:
                 # The trial's own failure ends it, not the sweep; Tune sees a finished trial with no score.
                 reporter.final(space, FAILED, failure.run_id, failure.reason)

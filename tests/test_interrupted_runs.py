@@ -28,8 +28,8 @@ if moment.startswith("after_epoch_"):  # once that epoch is saved, before MLflow
     from pipeline.training.callbacks import PrintCallback
     last = int(moment.rsplit("_", 1)[1])
     printed = PrintCallback.on_epoch_end
-    def print_then_die(self, result):
-        printed(self, result)
+    def print_then_die(self, result, control):
+        printed(self, result, control)
         if result.epoch + 1 == last:
             die()
     PrintCallback.on_epoch_end = print_then_die

@@ -18,7 +18,7 @@ from pipeline.params import MlflowParams, Params, load_params
 from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest
 from pipeline.tracking.setup import DEFAULT_TRACKING_URI, configure, resolve_tracking_uri
 from pipeline.tracking.tracked_training import RUN_FILE, flatten_metrics, log_evaluation, train_with_tracking
-from pipeline.training.callbacks import Callback, EpochResult
+from pipeline.training.callbacks import Callback, EpochResult, TrainerControl
 from pipeline.training.run import TrainOutcome
 
 DVC_MD5 = "0123456789abcdef0123456789abcdef.dir"
@@ -296,7 +296,7 @@ class _Boom(Callback):
         if self.at_start:
             raise self.error
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         raise self.error
 
 
@@ -328,26 +328,30 @@ def test_disabled_tracking_logs_nothing(workspace: Path, tmp_path: Path, monkeyp
     # The plain training is tested elsewhere; here only the delegation and the absence of a run matter.
     monkeypatch.setattr("pipeline.tracking.tracked_training.train_from_params", fake_train)
     assert train_with_tracking(params, None, progress=False) == ("outcome", None)
-    assert calls == [(params, (), None, False)]
+    assert calls == [(params, (), None, False)]  # and the resume folder and selection, by keyword
     assert not (tmp_path / "off.db").exists()
     assert mlflow.active_run() is None
 
 
-class TrialPruned(Exception):
-    """Stands in for optuna.TrialPruned: matched by name, so tracking needs no optuna import."""
+class _Prune(Callback):
+    """Prunes the trial after its first epoch, as a sweep's pruner does: through the control flag."""
+
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
+        control.stop("pruned after epoch 1 (val_f1 0.0000)", pruned=True)
 
 
 def test_nested_pruned_trial_ends_only_itself(workspace: Path, tracked: tuple) -> None:
-    params = _params(workspace, "train.epochs=1", "mlflow.experiment=sweep")
+    params = _params(workspace, "train.epochs=3", "mlflow.experiment=sweep")
     configure(params.mlflow)
     with mlflow.start_run(run_name="sweep") as parent:
-        with pytest.raises(TrialPruned):
-            train_with_tracking(params, None, nested=True, callbacks=[_Boom(TrialPruned(), at_start=True)],
-                                progress=False, run_name="trial-0")
+        outcome, run_id = train_with_tracking(params, None, nested=True, callbacks=[_Prune()], progress=False,
+                                              run_name="trial-0")
         assert mlflow.active_run().info.run_id == parent.info.run_id
+    assert len(outcome.fit.history) == 1 and outcome.fit.control.pruned  # stopped after the epoch that pruned
     client = _client(workspace)
     (child,) = client.search_runs([parent.info.experiment_id], filter_string="attributes.run_name = 'trial-0'")
-    assert child.info.status == "KILLED"
+    assert child.info.run_id == run_id and child.info.status == "KILLED"
+    assert child.data.tags["crackops.end_reason"] == "pruned: pruned after epoch 1 (val_f1 0.0000)"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 

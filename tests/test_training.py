@@ -9,7 +9,7 @@ import torch
 
 from pipeline.training.callbacks import Callback, EpochResult, FitResult
 from pipeline.training.loop import LoopConfig, NonFiniteLossError, fit
-from pipeline.training.run import build_loaders, history_csv, train_from_params
+from pipeline.training.run import Selection, build_loaders, history_csv, train_from_params
 from pipeline.training.schedules import LrSchedule, build_optimizer, lr_factor
 
 
@@ -20,7 +20,7 @@ class Recorder(Callback):
     def on_train_start(self, total_epochs):
         self.events.append(("start", total_epochs))
 
-    def on_epoch_end(self, result):
+    def on_epoch_end(self, result, control):
         self.events.append(("epoch", result.epoch, result.val["f1"]))
         if self.stop_after is not None and result.epoch + 1 >= self.stop_after:
             raise KeyboardInterrupt  # what a killed or pruned run looks like to the loop
@@ -217,3 +217,45 @@ def test_validation_loss_is_the_training_loss_on_the_validation_split(tiny_param
     (epoch,) = outcome.fit.history
     assert epoch.val["loss"] == pytest.approx(total / seen, rel=1e-5)
     assert epoch.metrics()["val_loss"] == epoch.val["loss"]
+
+
+class _StopAfter(Callback):
+    """Stops training through the control flag after ``epochs`` epochs (no exception)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, result, control):
+        if result.epoch + 1 >= self.epochs:
+            control.stop(f"enough after {self.epochs}")
+
+
+def test_a_callback_stops_training_through_the_control_flag(tmp_path, tiny_params):
+    out = tmp_path / "train"
+    outcome = train_from_params(tiny_params("train.epochs=4"), [_StopAfter(2)], out_dir=out, progress=False)
+    assert len(outcome.fit.history) == 2 and outcome.fit.control.reason == "enough after 2"
+    assert not outcome.fit.control.pruned and not outcome.fit.stopped_early
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("selection", [Selection("iou", "max"), Selection("loss", "min")])
+def test_the_best_epoch_is_chosen_by_the_selection_metric(tiny_params, selection):
+    outcome = train_from_params(tiny_params("train.epochs=3"), progress=False, selection=selection)
+    values = [item.val[selection.metric] for item in outcome.fit.history]
+    pick = max if selection.mode == "max" else min
+    assert outcome.fit.best_epoch == values.index(pick(values))
+
+
+def test_sweep_metrics_map_to_selections():
+    assert Selection.for_sweep_metric("val_iou", "maximize") == Selection("iou", "max")
+    assert Selection.for_sweep_metric("val_loss", "minimize") == Selection("loss", "min")
+    assert Selection.for_sweep_metric("train_loss", "minimize") == Selection()  # not a validation score
+
+
+def test_the_training_layer_imports_no_tracker():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.training.run, pipeline.training.loop; print('mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "False"

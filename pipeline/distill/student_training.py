@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipeline.models.sam_lite.model import PLACEHOLDER_KEY, STRIDE_KEY, build_st
 from pipeline.models.sam_lite.student import TIMM_MODEL
 from pipeline.params import Params
 from pipeline.training.precision import pick_device
+from pipeline.training.schedules import lr_factor
 from pipeline.training.seeding import seed_everything
 
 STUDENT_FILE = "student.safetensors"
@@ -97,7 +97,8 @@ def distill_from_params(params: Params, progress: bool = True) -> DistillReport:
                         generator=torch.Generator().manual_seed(distill.seed))
     optimizer = torch.optim.AdamW(student.parameters(), lr=distill.lr, weight_decay=distill.weight_decay)
     total = distill.epochs * len(loader)
-    schedule = LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total)))))
+    # The training stage's cosine schedule (no warm-up), per iteration.
+    schedule = LambdaLR(optimizer, lambda step: lr_factor(step, total, "cosine", warmup=0, power=1.0))
     history: list[float] = []
     started = time.perf_counter()
     for epoch in range(distill.epochs):

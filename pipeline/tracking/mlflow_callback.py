@@ -6,7 +6,7 @@ import logging
 import mlflow
 from mlflow.utils.async_logging.run_operations import RunOperations
 
-from pipeline.training.callbacks import Callback, EpochResult, FitResult
+from pipeline.training.callbacks import Callback, EpochResult, FitResult, TrainerControl
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ class MlflowCallback(Callback):
     :meth:`flush` (called at train end, and by tracked training on failure) waits for it.
     """
 
-    def __init__(self, run_id: str, synchronous: bool = False) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str | None = None, synchronous: bool = False) -> None:
+        self.run_id = run_id  # set by tracked training when its run starts; other callbacks read it here
         self.synchronous = synchronous
         self._pending: list[RunOperations] = []
 
@@ -51,7 +51,7 @@ class MlflowCallback(Callback):
                 mlflow.log_metrics(epoch_metrics(result.metrics()), step=result.epoch + 1, run_id=self.run_id,
                                    synchronous=True)
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         operation = mlflow.log_metrics(epoch_metrics(result.metrics()), step=result.epoch + 1, run_id=self.run_id,
                                        synchronous=self.synchronous)
         if operation is not None:

@@ -33,8 +33,8 @@ from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
 from pipeline.tracking.run_ownership import END_REASON_TAG, end_orphaned_runs, owner_tags, remember_run, resumable_run
 from pipeline.tracking.setup import configure
 from pipeline.training.callbacks import Callback
-from pipeline.training.run import (HISTORY_FILE, METRICS_FILE, TrainOutcome, history_csv, train_from_params,
-                                   work_dir)
+from pipeline.training.run import (HISTORY_FILE, METRICS_FILE, SUBSET_FILE, Selection, TrainOutcome, history_csv,
+                                   train_from_params, work_dir)
 from pipeline.visualize import overlay_panel
 
 RUN_FILE = "mlflow_run.json"
@@ -42,8 +42,6 @@ MODEL_NAME = "model"
 OVERLAY_DIR = "overlays"
 EVALUATION_DIR = "evaluation"
 MAX_DATASET_DIGEST = 36  # MLflow's column width; the full digest is the data.manifest_sha256 tag
-# Stopped on purpose (Ctrl-C, SIGTERM handlers, a sweep pruner), not broken: KILLED, not FAILED.
-KILLED_ERRORS = ("KeyboardInterrupt", "SystemExit", "TrialPruned")
 _METRIC_NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 
@@ -173,19 +171,17 @@ def _log_outputs(params: Params, outcome: TrainOutcome, out_dir: Path | None) ->
     return model_uri
 
 
-def _end_interrupted(callback: MlflowCallback, error: BaseException) -> None:
-    """End the active run as KILLED or FAILED, keeping whatever it already logged."""
-    status = "KILLED" if type(error).__name__ in KILLED_ERRORS else "FAILED"
-    try:
-        callback.flush()
-        mlflow.set_tag(END_REASON_TAG, f"{type(error).__name__}: {error}"[:500])
-    except Exception:  # noqa: BLE001 - the original error is what the caller must see
-        pass
-    run = mlflow.active_run()
+def _end_run(run_id: str, status: str, reason: str | None = None) -> None:
+    """End the active run with ``status`` (and the reason as a tag), never hiding the caller's error."""
+    if reason:
+        try:
+            mlflow.set_tag(END_REASON_TAG, reason[:500])
+        except Exception:  # noqa: BLE001 - the original error is what the caller must see
+            pass
     try:
         mlflow.end_run(status)
     except Exception as store_error:  # noqa: BLE001 - e.g. the store's disk is the one that is full
-        print(f"warning: could not end MLflow run {run.info.run_id if run else '?'} {status} ({store_error}); "
+        print(f"warning: could not end MLflow run {run_id} {status} ({store_error}); "
               "the next training on this host ends it", file=sys.stderr, flush=True)
 
 
@@ -197,23 +193,30 @@ def train_with_tracking(
     progress: bool = True,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    work: Path | None = None,
+    selection: Selection = Selection(),
+    tracker: MlflowCallback | None = None,
 ) -> tuple[TrainOutcome, str | None]:
-    """Train like :func:`train_from_params`, recorded as one MLflow run; returns ``(outcome, run_id)``.
+    """The one training entry point: :func:`train_from_params` recorded as one MLflow run; returns
+    ``(outcome, run_id)``. ``crackops train``, every sweep trial and the benchmarks call it.
 
-    With ``mlflow.enabled: false`` nothing is logged and the run id is None. A training that
-    raises ends its run FAILED (KILLED when interrupted or pruned) and the error propagates.
+    With ``mlflow.enabled: false`` nothing is logged and the run id is None. ``tracker`` is the
+    callback that logs the epochs; it exposes the run id to other callbacks once training starts.
+    A training that raises ends its run FAILED (KILLED when interrupted) and the error propagates;
+    one a callback pruned (:class:`~pipeline.training.callbacks.TrainerControl`) ends KILLED.
     With ``out_dir``, ``out_dir/mlflow_run.json`` names the run and model for later stages.
+    ``work`` and ``selection`` are passed on (the resume folder, the best-epoch metric).
     """
     if not params.mlflow.enabled:
-        return train_from_params(params, callbacks, out_dir, progress), None
+        return train_from_params(params, callbacks, out_dir, progress, work=work, selection=selection), None
     experiment_id = configure(params.mlflow)
     lineage = lineage_tags(params)  # fails on missing data before a run exists
     experiment = dvc_experiment()
     if experiment and not nested:
         run_name = run_name or experiment[DVC_EXP_NAME_TAG]
     # The resume folder (out_dir.partial) remembers its run: a rerun after a kill continues it.
-    work = work_dir(Path(out_dir), params) if out_dir is not None else None
-    continued = resumable_run(work, experiment_id) if not nested else None
+    resumable = work_dir(Path(out_dir), params) if out_dir is not None and work is None else None
+    continued = resumable_run(resumable, experiment_id) if not nested else None
     run_tags = {**lineage, **experiment, **(tags or {}), **owner_tags()}
     if continued:
         run = mlflow.start_run(run_id=continued, tags=run_tags, log_system_metrics=True)
@@ -223,13 +226,21 @@ def train_with_tracking(
     run_id = run.info.run_id
     if not nested:
         end_orphaned_runs(experiment_id, keep=run_id)
-    if work is not None:
-        remember_run(work, run_id, experiment_id)
-    metric_logger = MlflowCallback(run_id)
+    if resumable is not None:
+        remember_run(resumable, run_id, experiment_id)
+    tracker = tracker or MlflowCallback()
+    tracker.run_id = run_id
     try:
         _log_inputs(params, lineage["data.manifest_sha256"])
-        outcome = train_from_params(params, [metric_logger, *callbacks], out_dir, progress,
-                                    keep_resume_state=True)
+        outcome = train_from_params(params, [tracker, *callbacks], out_dir, progress, keep_resume_state=True,
+                                    work=work, selection=selection)
+        if outcome.subset is not None:
+            mlflow.log_dict(outcome.subset, SUBSET_FILE)
+            mlflow.log_param("data.train_images", outcome.subset["count"])
+        control = outcome.fit.control
+        if control.pruned:
+            _end_run(run_id, "KILLED", f"pruned: {control.reason}")
+            return outcome, run_id
         model_uri = _log_outputs(params, outcome, out_dir)
         if out_dir is not None:
             write_json(Path(out_dir) / RUN_FILE, {
@@ -237,11 +248,17 @@ def train_with_tracking(
                 "tracking_uri": mlflow.get_tracking_uri(), "model_uri": model_uri,
             })
     except BaseException as error:
-        _end_interrupted(metric_logger, error)
+        # Stopped on purpose (Ctrl-C, SIGTERM, a scheduler's stop): KILLED; anything else: FAILED.
+        status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        try:
+            tracker.flush()
+        except Exception:  # noqa: BLE001 - the original error is what the caller must see
+            pass
+        _end_run(run_id, status, f"{type(error).__name__}: {error}")
         raise
     mlflow.end_run("FINISHED")
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)  # only now: a kill while logging kept the trained epochs
+    if resumable is not None:
+        shutil.rmtree(resumable, ignore_errors=True)  # only now: a kill while logging kept the trained epochs
     return outcome, run_id
 
 

@@ -25,13 +25,30 @@ class EpochResult:
 
 
 @dataclass
+class TrainerControl:
+    """What callbacks tell the loop, as Hugging Face's ``TrainerControl``: they set it, never raise.
+
+    ``stop`` ends training after the current epoch; ``pruned`` says a scheduler (Optuna's pruner)
+    judged the run not worth finishing, which its caller reports differently from a finished run.
+    """
+
+    should_stop: bool = False
+    pruned: bool = False
+    reason: str = ""
+
+    def stop(self, reason: str, pruned: bool = False) -> None:
+        self.should_stop, self.pruned, self.reason = True, pruned, reason
+
+
+@dataclass
 class FitResult:
     """The loop's return value."""
 
     history: list[EpochResult] = field(default_factory=list)
     best_epoch: int = -1
     best_val: dict[str, float] = field(default_factory=dict)
-    stopped_early: bool = False
+    stopped_early: bool = False  # by train.early_stopping_patience
+    control: TrainerControl = field(default_factory=TrainerControl)  # what the callbacks asked for
 
     @property
     def best_f1(self) -> float:
@@ -39,7 +56,8 @@ class FitResult:
 
 
 class Callback:
-    """Override what you need. Raising from a hook stops training (e.g. ``optuna.TrialPruned``)."""
+    """Override what you need. To stop training, set ``control`` in ``on_epoch_end``; an exception
+    raised from a hook is an error (or an interrupt) and ends training as one."""
 
     def on_train_start(self, total_epochs: int) -> None:
         pass
@@ -47,7 +65,7 @@ class Callback:
     def on_resume(self, history: list[EpochResult]) -> None:
         """Called after ``on_train_start`` when the loop resumed: ``history`` holds the epochs before."""
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         pass
 
     def on_train_end(self, result: FitResult) -> None:
@@ -57,7 +75,7 @@ class Callback:
 class PrintCallback(Callback):
     """One line per epoch on stdout, for logs that outlive the progress bar."""
 
-    def on_epoch_end(self, result: EpochResult) -> None:
+    def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         val = result.val
         print(
             f"epoch {result.epoch + 1}: train_loss {result.train_loss:.4f}  val P {val['precision']:.3f} "

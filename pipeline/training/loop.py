@@ -35,6 +35,14 @@ class LoopConfig:
     grad_clip: float | None = None
     work_dir: Path | None = None  # holds last.pt (resume) and best.pt; None keeps state in memory only
     progress: bool = True
+    # The validation score that picks the best epoch (a key of the epoch's validation dict: f1, iou,
+    # loss, ...) and whether higher is better; sweeps pass the metric they score trials by.
+    selection_metric: str = "f1"
+    selection_mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.selection_mode not in ("max", "min"):
+            raise ValueError(f"selection_mode must be 'max' or 'min', got {self.selection_mode!r}")
 
 
 def fit(
@@ -48,12 +56,17 @@ def fit(
     callbacks: Sequence[Callback] = (),
     device: torch.device | None = None,
 ) -> FitResult:
-    """Train, validate every epoch, keep the weights with the best validation F1 in ``model``."""
+    """Train, validate every epoch, keep the weights of the best epoch (``config.selection_metric``) in ``model``.
+
+    Callbacks stop training by setting the :class:`TrainerControl` they are handed; the loop then
+    ends after that epoch as after its last one.
+    """
     device = device or next(model.parameters()).device
     amp_dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = FitResult()
+    control = result.control
     best_state = cpu_state_dict(model)
     start_epoch = 0
 
@@ -123,7 +136,7 @@ def fit(
         val = {**meter.compute(), "loss": val_loss_sum / max(val_seen, 1)}
         schedule.step_epoch(val)
 
-        is_best = result.best_epoch < 0 or val["f1"] > result.best_f1
+        is_best = result.best_epoch < 0 or _better(val, result.best_val, config)
         if is_best:
             result.best_epoch, result.best_val = epoch, val
             best_state = cpu_state_dict(model)
@@ -151,11 +164,22 @@ def fit(
                 "stopped_early": result.stopped_early,
             })
         for callback in callbacks:
-            callback.on_epoch_end(epoch_result)
-        if result.stopped_early:
+            callback.on_epoch_end(epoch_result, control)
+        if result.stopped_early or control.should_stop:
             break
 
     model.load_state_dict(best_state)
     for callback in callbacks:
         callback.on_train_end(result)
     return result
+
+
+def _better(val: dict[str, float], best: dict[str, float], config: LoopConfig) -> bool:
+    """Whether this epoch's validation beats the best so far on the selection metric (ties keep the earlier)."""
+    name = config.selection_metric
+    if name not in val:
+        raise KeyError(f"selection metric {name!r} is not a validation score; choose one of {', '.join(sorted(val))}")
+    value, best_value = val[name], best.get(name, math.nan)
+    if math.isnan(best_value):
+        return not math.isnan(value)
+    return value > best_value if config.selection_mode == "max" else value < best_value

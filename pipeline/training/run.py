@@ -10,11 +10,9 @@ import io
 import json
 import shutil
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -37,8 +35,6 @@ from pipeline.tuning import ParameterCount, count_parameters
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 SUBSET_FILE = "train_stems.json"  # the limited-supervision training set, when one is selected
-# Set by `resume_dir`: where a training without outputs keeps its resumable state.
-_RESUME_DIR: ContextVar[Path | None] = ContextVar("crackops_resume_dir", default=None)
 
 
 @dataclass
@@ -48,6 +44,22 @@ class TrainOutcome:
     parameters: ParameterCount
     seconds: float
     out_dir: Path | None
+    subset: dict | None = None  # the limited-supervision training set, when one was selected
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which validation score picks the best epoch (a key of the validation dict) and its direction."""
+
+    metric: str = "f1"
+    mode: str = "max"
+
+    @classmethod
+    def for_sweep_metric(cls, name: str, direction: str) -> "Selection":
+        """A sweep's metric (``val_iou``, ``val_loss``) as the selection; others keep F1."""
+        if not name.startswith("val_"):
+            return cls()
+        return cls(name[len("val_"):], "max" if direction == "maximize" else "min")
 
 
 def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
@@ -69,8 +81,8 @@ def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
 
 
 def _training_subset(params: Params, train_loader: DataLoader) -> dict | None:
-    """Record of the few-shot training set (None when training on the whole split), also sent to
-    the active MLflow run, so that a 1%-shot or one-shot result names the images it learnt from."""
+    """Record of the few-shot training set (None when training on the whole split), so that a
+    1%-shot or one-shot result names the images it learnt from (tracking logs it too)."""
     data = params.data
     if not is_limited(data.train_fraction, data.shots_per_dataset):
         return None
@@ -79,13 +91,6 @@ def _training_subset(params: Params, train_loader: DataLoader) -> dict | None:
               "seed": data.seed, "dataset_pattern": data.dataset_pattern, "count": len(stems), "stems": stems}
     print(f"limited supervision: training on {len(stems)} images: {', '.join(stems[:10])}"
           + (" ..." if len(stems) > 10 else ""), flush=True)
-    if params.mlflow.enabled:
-        import mlflow
-
-        # Tracked training holds a run open around this call; a bare train_from_params has none.
-        if mlflow.active_run() is not None:
-            mlflow.log_dict(subset, SUBSET_FILE)
-            mlflow.log_param("data.train_images", len(stems))
     return subset
 
 
@@ -106,31 +111,20 @@ def history_csv(result: FitResult) -> str:
     return buffer.getvalue()
 
 
-@contextmanager
-def resume_dir(path: Path) -> Iterator[Path]:
-    """Trainings started inside without ``out_dir`` keep ``last.pt``/``best.pt`` in ``path`` and resume
-    from them (a Ray Tune trial restores its checkpoint there); the caller owns the folder."""
-    token = _RESUME_DIR.set(Path(path))
-    try:
-        yield Path(path)
-    finally:
-        _RESUME_DIR.reset(token)
-
-
 def partial_dir(out_dir: Path) -> Path:
     """Where the training that writes ``out_dir`` keeps its resume state until it has finished."""
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + ".partial")
 
 
-def work_dir(out_dir: Path | None, params: Params) -> Path | None:
-    """Resume state lives beside the outputs (or in :func:`resume_dir`); it is dropped when the params changed."""
-    if out_dir is None:
-        work = _RESUME_DIR.get()
-        if work is None:
+def work_dir(out_dir: Path | None, params: Params, work: Path | None = None) -> Path | None:
+    """The resume folder: ``work`` when given (a sweep trial's), else beside ``out_dir``; None keeps
+    the state in memory only. State written for other params is dropped."""
+    if work is None:
+        if out_dir is None:
             return None
-    else:
         work = partial_dir(out_dir)
+    work = Path(work)
     digest_file = work / "params.sha256"
     digest = params_digest(params)
     if work.exists() and (not digest_file.is_file() or digest_file.read_text() != digest):
@@ -142,13 +136,14 @@ def work_dir(out_dir: Path | None, params: Params) -> Path | None:
 
 def train_from_params(
     params: Params, callbacks: Sequence[Callback] = (), out_dir: Path | None = None, progress: bool = True,
-    keep_resume_state: bool = False,
+    keep_resume_state: bool = False, work: Path | None = None, selection: Selection = Selection(),
 ) -> TrainOutcome:
     """Train the model ``params`` describe; write model, metrics and history to ``out_dir`` if given.
 
-    ``out_dir``'s resume state (:func:`partial_dir`) is deleted once the outputs are written, unless
-    ``keep_resume_state``: then the caller deletes it after its own last step (tracked training
-    logs to MLflow first, so a kill while logging reruns nothing but the logging).
+    Resume state lives in ``work`` when given (its owner deletes it), else beside ``out_dir``
+    (:func:`partial_dir`), deleted once the outputs are written unless ``keep_resume_state``: then
+    the caller deletes it after its own last step (tracked training logs to MLflow first, so a
+    kill while logging reruns nothing but the logging). ``selection`` picks the best epoch.
     """
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
@@ -167,11 +162,12 @@ def train_from_params(
     loss = params.loss
     loss_fn = build_loss(loss.kind, loss.lambda_, loss.dice, loss.focal_alpha, loss.focal_gamma,
                          sigmoid_focal_alpha=loss.sigmoid_focal_alpha, ce_weight=loss.ce_weight)
-    work = work_dir(out_dir, params)
+    work = work_dir(out_dir, params, work)
     config = LoopConfig(
         epochs=params.train.epochs, seed=params.train.seed, threshold=params.eval.threshold,
         early_stopping_patience=params.train.early_stopping_patience, precision=params.train.precision,
         grad_clip=params.train.grad_clip, work_dir=work, progress=progress,
+        selection_metric=selection.metric, selection_mode=selection.mode,
     )
     started = time.perf_counter()
     result = fit(model, train_loader, val_loader, loss_fn, optimizer, schedule, config,
@@ -188,6 +184,6 @@ def train_from_params(
                 "val": result.best_val, "trainable_params": parameters.trainable,
                 "total_params": parameters.total, "train_seconds": round(seconds, 2),
             })
-        if not keep_resume_state:
+        if not keep_resume_state and work == partial_dir(out_dir):
             shutil.rmtree(work, ignore_errors=True)
-    return TrainOutcome(result, model, parameters, seconds, out_dir)
+    return TrainOutcome(result, model, parameters, seconds, out_dir, subset)
