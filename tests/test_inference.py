@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from torch import nn
 
 from pipeline.errors import CrackopsError
 from pipeline.inference.predict import collect_images, predict_images
+from pipeline.inference.probabilities import _predict_resized, predict_mask, predict_probabilities
 from pipeline.inference.tiling import (
     axis_weights,
     default_overlap,
@@ -24,7 +27,6 @@ from pipeline.inference.tiling import (
     tiled_rows,
 )
 from pipeline.params import load_params
-from pipeline.tracking.pyfunc import _predict_resized, predict_mask, predict_probabilities
 from pipeline.visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_panel
 
 
@@ -121,6 +123,23 @@ def test_predict_mask_is_the_thresholded_probability_map_tiled_or_whole() -> Non
         mask = predict_mask(model, image, size, threshold)
         assert mask.dtype == np.uint8 and mask.shape == shape[:2]
         np.testing.assert_array_equal(mask, (prob >= threshold).astype(np.uint8))
+
+
+def test_predicting_images_does_not_import_mlflow(tmp_path: Path) -> None:
+    # Inference sits below tracking: predicting a photo must not pay for (or need) MLflow.
+    photo = _write(tmp_path / "photo.png", (40, 90))  # larger than the default tile: the tiled path too
+    code = ("import sys, torch\n"
+            "from pathlib import Path\n"
+            "from pipeline.inference.predict import predict_images\n"
+            "from pipeline.params import load_params\n"
+            "params = load_params('missing.yaml', ['data.img_size=32'])\n"
+            f"predict_images(torch.nn.Conv2d(3, 1, 1), params, [Path({str(photo)!r})], Path({str(tmp_path / 'out')!r}),"
+            " progress=False)\n"
+            "print('mlflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, check=True)
+    assert (tmp_path / "out/photo_mask.png").is_file()
+    assert result.stdout.strip() == "False"
 
 
 def test_overlay_of_a_large_photo_is_scaled_down_but_its_mask_is_not(tmp_path: Path, monkeypatch) -> None:

@@ -155,7 +155,8 @@ def test_official_checkpoint_loads_into_class_tokens_except_the_replaced_modules
 
 
 def test_class_tokens_trains_saves_reloads_predicts_and_serves(tiny_params, tmp_path) -> None:
-    from pipeline.tracking.pyfunc import CrackSegmenterModel, predict_probabilities
+    from pipeline.inference.probabilities import predict_probabilities
+    from pipeline.tracking.pyfunc import CrackSegmenterModel
 
     params = tiny_params(CLASS_TOKENS, "model.input_norm=none", "loss.kind=ce_class_dice", "train.epochs=1",
                          "tuning.method=cracksam", "tuning.cracksam.parts=[adapter]")

@@ -115,7 +115,7 @@ def test_best_weights_are_restored_into_the_model(tiny_params):
     outcome = train_from_params(tiny_params("train.epochs=3"), progress=False)
     _, val_loader = build_loaders(tiny_params())
     from pipeline.metrics import SegmentationMeter
-    from pipeline.training.inference import predict_batches
+    from pipeline.training.batches import predict_batches
 
     meter = SegmentationMeter(with_tolerance=False)
     for probs, masks in predict_batches(outcome.model, val_loader, torch.device("cpu")):
@@ -203,7 +203,7 @@ def test_validation_loss_is_the_training_loss_on_the_validation_split(tiny_param
     """val_loss (what `train.plateau_metric: val_loss` watches): the batch-size-weighted mean of the
     training loss over the validation split, for the epoch's weights."""
     from pipeline.losses import build_loss
-    from pipeline.training.inference import logit_batches
+    from pipeline.training.batches import logit_batches
 
     params = tiny_params("train.epochs=1", "train.batch_size=2")
     outcome = train_from_params(params, progress=False)  # one epoch: the kept weights are the epoch's

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from pipeline.evaluation.sets import EvalSet
 from pipeline.metrics import SegmentationMeter
 from pipeline.params import EvalParams
-from pipeline.training.inference import predict_batches
+from pipeline.training.batches import predict_batches
 from pipeline.visualize import overlay_panel
 
 

@@ -1,4 +1,6 @@
-"""Inference on images of any size: overlapping tiles for large images, and ``crackops predict``.
+"""All inference: resize-or-tile and thresholding (``probabilities``), tiles (``tiling``), and
+``crackops predict`` over files and folders (``predict``).
 
-Import the submodules directly (``pipeline.inference.tiling`` is numpy-only).
+Import the submodules directly (``pipeline.inference.tiling`` is numpy-only). Nothing here imports
+MLflow: the pyfunc model (:mod:`pipeline.tracking.pyfunc`) calls this package, not the reverse.
 """

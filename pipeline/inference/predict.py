@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.folder import UnreadableFile, decode_file
 from pipeline.errors import CrackopsError
+from pipeline.inference.probabilities import predict_mask
 from pipeline.params import Params
 from pipeline.visualize import overlay_panel
 
@@ -115,8 +116,6 @@ def write_png(path: Path, array: np.ndarray, *, consume: bool = False) -> None:
 def _predict_one(model: nn.Module, params: Params, path: Path, out_dir: Path, threshold: float,
                  tile: int | None, overlap: int | None) -> Prediction:
     """Mask and overlay of one image, freeing each full-size array as soon as it is written."""
-    from pipeline.tracking.pyfunc import predict_mask
-
     image = read_rgb(path)
     height, width = image.shape[:2]
     mask = predict_mask(model, image, params.data.img_size, threshold, params.eval.batch_size,

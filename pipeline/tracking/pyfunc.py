@@ -1,4 +1,6 @@
-"""The trained segmenter as an MLflow pyfunc model.
+"""The trained segmenter as an MLflow pyfunc model: DataFrames to image arrays and back.
+
+Prediction itself (resizing, tiling, thresholding) is :mod:`pipeline.inference.probabilities`.
 
 Input forms:
 
@@ -30,15 +32,14 @@ import cv2
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-from torch import nn
 
+from pipeline.inference.probabilities import BadImage, predict_masks
 from pipeline.models.trained import PARAMS_FILE, WEIGHTS_FILE, load_trained_model
 from pipeline.training.precision import pick_device
 
@@ -63,95 +64,6 @@ class BadInput(MlflowException, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 from grayscale, RGB or RGBA uint8 arrays."""
-    if image.dtype != np.uint8:
-        raise BadInput(f"images must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        return image[:, :, :3]
-    raise BadInput(f"images must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
-
-
-def predict_probabilities(
-    model: nn.Module, images: list[np.ndarray], img_size: int, batch_size: int = 4,
-    tile: int | None = None, overlap: int | None = None,
-) -> list[np.ndarray]:
-    """Crack probability maps (float32, each image's own HxW) for RGB uint8 images of any size.
-
-    Images larger than ``tile`` (default 2 x ``img_size``) on a side are predicted in overlapping
-    tiles (``pipeline.inference.tiling``), so memory stays bounded; smaller ones whole.
-    """
-    from pipeline.inference.tiling import default_overlap, default_tile, tiled_probabilities
-
-    tile = tile or default_tile(img_size)
-    overlap = default_overlap(tile) if overlap is None else overlap
-    out: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        chunk = [_as_rgb(np.asarray(image)) for image in images[start:start + batch_size]]
-        small = [image for image in chunk if max(image.shape[:2]) <= tile]
-        whole = iter(_predict_resized(model, small, img_size, batch_size))
-        for image in chunk:
-            out.append(next(whole) if max(image.shape[:2]) <= tile else tiled_probabilities(
-                image, lambda crops: _predict_resized(model, list(crops), img_size, batch_size),
-                tile, overlap, batch_size))
-    return out
-
-
-def predict_mask(
-    model: nn.Module, image: np.ndarray, img_size: int, threshold: float, batch_size: int = 4,
-    tile: int | None = None, overlap: int | None = None,
-) -> np.ndarray:
-    """The 0/1 crack mask (uint8, the image's HxW) of :func:`predict_probabilities` at ``threshold``.
-
-    A tiled image is thresholded band by band as :func:`~pipeline.inference.tiling.tiled_rows`
-    finishes its rows: no full-size probability map is ever held, only the image and its mask.
-    """
-    from pipeline.inference.tiling import default_overlap, default_tile, tiled_rows
-
-    image = _as_rgb(np.asarray(image))
-    tile = tile or default_tile(img_size)
-    overlap = default_overlap(tile) if overlap is None else overlap
-    if max(image.shape[:2]) <= tile:
-        return np.greater_equal(_predict_resized(model, [image], img_size, batch_size)[0], threshold).view(np.uint8)
-    mask = np.empty(image.shape[:2], dtype=np.uint8)
-    rows = tiled_rows(image, lambda crops: _predict_resized(model, list(crops), img_size, batch_size),
-                      tile, overlap, batch_size)
-    for top, band in rows:
-        np.greater_equal(band, threshold, out=mask[top:top + band.shape[0]].view(bool))
-    return mask
-
-
-@torch.no_grad()
-def _predict_resized(model: nn.Module, images: list[np.ndarray], img_size: int, batch_size: int) -> list[np.ndarray]:
-    """Each image resized to ``img_size`` (INTER_AREA, as prepare does), the probabilities resized
-    back with linear interpolation, so thresholding happens at the original resolution.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[np.ndarray] = []
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = [_as_rgb(np.asarray(image)) for image in images[start:start + batch_size]]
-            batch = np.stack([
-                image if image.shape[:2] == (img_size, img_size)
-                else cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
-                for image in chunk
-            ])
-            tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).to(device)
-            probs = torch.sigmoid(model(tensor).float())[:, 0].cpu().numpy()
-            for image, prob in zip(chunk, probs):
-                height, width = image.shape[:2]
-                if prob.shape != (height, width):
-                    prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-                out.append(prob.astype(np.float32, copy=False))
-    finally:
-        model.train(was_training)
-    return out
 
 
 def decode_image(data: str | bytes, row: int | None = None) -> np.ndarray:
@@ -207,30 +119,38 @@ class CrackSegmenterModel(mlflow.pyfunc.PythonModel):
         """Masks for a DataFrame of base64 images, or for a uint8 (N, H, W, 3) RGB array."""
         given = (params or {}).get("threshold")
         threshold = float(given) if given is not None else self.params.eval.threshold
-        size, batch_size = self.params.data.img_size, self.params.eval.batch_size
-        if isinstance(model_input, np.ndarray):
-            if model_input.ndim != 4 or model_input.shape[3] != 3 or model_input.dtype != np.uint8:
-                raise BadInput(f"expected a uint8 (N, H, W, 3) RGB array, got {model_input.dtype} {model_input.shape}")
-            probs = predict_probabilities(self.model, list(model_input), size, batch_size)
-            masks = [(prob >= threshold).astype(np.uint8) for prob in probs]
-            return np.stack(masks) if masks else np.zeros(model_input.shape[:3], dtype=np.uint8)
-        if isinstance(model_input, pd.DataFrame):
-            if IMAGE_COLUMN not in model_input.columns:
-                raise BadInput(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, "
-                               f"got columns {list(model_input.columns)}")
-            values = list(model_input[IMAGE_COLUMN])
-            encoded: list[str] = []
-            fractions: list[float] = []
-            # One batch of photos decoded at a time: a request of many large photos never holds
-            # all their pixels and probability maps at once, only their encoded masks.
-            for start in range(0, len(values), batch_size):
-                images = [decode_image(value, start + i) for i, value in enumerate(values[start:start + batch_size])]
-                for prob in predict_probabilities(self.model, images, size, batch_size):
-                    mask = np.greater_equal(prob, threshold).view(np.uint8)
-                    fractions.append(np.count_nonzero(mask) / mask.size)
-                    encoded.append(encode_png_base64(mask * 255))
-            return pd.DataFrame({"mask": encoded, "crack_fraction": fractions})
+        try:
+            if isinstance(model_input, np.ndarray):
+                return self._predict_array(model_input, threshold)
+            if isinstance(model_input, pd.DataFrame):
+                return self._predict_frame(model_input, threshold)
+        except BadImage as error:
+            raise BadInput(str(error)) from None  # the scoring server answers it with HTTP 400
         raise TypeError(f"expected a pandas DataFrame or a numpy array, got {type(model_input).__name__}")
+
+    def _predict_array(self, images: np.ndarray, threshold: float) -> np.ndarray:
+        if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise BadInput(f"expected a uint8 (N, H, W, 3) RGB array, got {images.dtype} {images.shape}")
+        masks = predict_masks(self.model, list(images), self.params.data.img_size, threshold,
+                              self.params.eval.batch_size)
+        return np.stack(masks) if masks else np.zeros(images.shape[:3], dtype=np.uint8)
+
+    def _predict_frame(self, frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+        if IMAGE_COLUMN not in frame.columns:
+            raise BadInput(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, "
+                           f"got columns {list(frame.columns)}")
+        size, batch_size = self.params.data.img_size, self.params.eval.batch_size
+        values = list(frame[IMAGE_COLUMN])
+        encoded: list[str] = []
+        fractions: list[float] = []
+        # One batch of photos decoded at a time: a request of many large photos never holds
+        # all their pixels and probability maps at once, only their encoded masks.
+        for start in range(0, len(values), batch_size):
+            images = [decode_image(value, start + i) for i, value in enumerate(values[start:start + batch_size])]
+            for mask in predict_masks(self.model, images, size, threshold, batch_size):
+                fractions.append(np.count_nonzero(mask) / mask.size)
+                encoded.append(encode_png_base64(mask * 255))
+        return pd.DataFrame({"mask": encoded, "crack_fraction": fractions})
 
 
 def pip_requirements() -> list[str]:

@@ -25,11 +25,12 @@ from mlflow.utils.time import get_current_time_millis
 
 from pipeline.atomic import write_json
 from pipeline.data import CrackDataset, load_manifest
+from pipeline.inference.probabilities import predict_probabilities
 from pipeline.models.factory import model_label
 from pipeline.params import Params
 from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, manifest_digest, source_dvc_hash
 from pipeline.tracking.mlflow_callback import MlflowCallback
-from pipeline.tracking.pyfunc import log_pyfunc_model, predict_probabilities
+from pipeline.tracking.pyfunc import log_pyfunc_model
 from pipeline.tracking.run_ownership import END_REASON_TAG, end_orphaned_runs, owner_tags, remember_run, resumable_run
 from pipeline.tracking.setup import configure
 from pipeline.training.callbacks import Callback

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from pipeline.metrics import SegmentationMeter
 from pipeline.training.callbacks import Callback, EpochResult, FitResult
 from pipeline.training.checkpointing import cpu_state_dict, load_state, save_state
-from pipeline.training.inference import logit_batches
+from pipeline.training.batches import logit_batches
 from pipeline.training.precision import autocast, autocast_dtype
 from pipeline.training.schedules import LrSchedule
 from pipeline.training.seeding import seed_epoch

@@ -1,4 +1,8 @@
-"""Run a model over a loader and yield crack probabilities (shared by validation and evaluation)."""
+"""Run a model over a loader batch by batch: logits for validation, probabilities for evaluation.
+
+Here, in the training layer, because the loop's validation needs it; evaluation and inference sit
+above training and import it from here.
+"""
 from __future__ import annotations
 
 from typing import Iterator
