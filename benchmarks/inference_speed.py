@@ -39,7 +39,7 @@ MAX_RUNS = 50
 def measure(name: str, size: int, runs: int, warmup: int, min_seconds: float, threads: int | None) -> dict:
     import torch
 
-    from pipeline.models.factory import build_model
+    from pipeline.tuning.build import build_model
     from pipeline.params import load_params
     from pipeline.tuning import count_parameters
 

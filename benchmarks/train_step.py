@@ -21,7 +21,7 @@ def measure(method: str, variant: str, img_size: int, batch_size: int, steps: in
     import torch
 
     from pipeline.losses import build_loss
-    from pipeline.models.factory import build_model
+    from pipeline.tuning.build import build_model
     from pipeline.params import load_params
     from pipeline.training.precision import pick_device
     from pipeline.tuning import count_parameters

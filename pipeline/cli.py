@@ -100,7 +100,7 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from pipeline.data.sources import zero_shot_sets
     from pipeline.evaluation import run_evaluation
     from pipeline.evaluation.suite import BLUR_SWEEP_CSV, METRICS_FILE, PR_CURVE_CSV
-    from pipeline.models.trained import load_trained_model
+    from pipeline.training.trained import load_trained_model
     from pipeline.results import (HEADLINE_METRICS, PIPELINE_EVAL_DIR, PIPELINE_TRAIN_DIR, RESULTS_DIR,
                                   publish_evaluation)
     from pipeline.training.run import METRICS_FILE as TRAIN_METRICS_FILE
@@ -159,8 +159,9 @@ def _register(params: Params, args: argparse.Namespace) -> None:
 
 @command("count-params")
 def _count_params(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.models.factory import build_model, model_label
+    from pipeline.models.factory import model_label
     from pipeline.tuning import count_parameters
+    from pipeline.tuning.build import build_model
 
     import torch
 

@@ -9,7 +9,7 @@ import copy
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,7 +88,13 @@ class DataParams(_Section):
         return self
 
 
-MODEL_FAMILIES = ("sam", "sam_lite", "deeplabv3")
+# The one list of each extension point's names: the schema validates against it, and the builders'
+# tables (pipeline/models/factory.py FAMILIES, pipeline/tuning/apply.py SAM_METHODS) are tested to
+# name exactly these.
+ModelFamily = Literal["sam", "sam_lite", "deeplabv3"]
+TuningMethod = Literal["layernorm", "decoder", "lora", "adapter", "cracksam", "full"]
+MODEL_FAMILIES: tuple[str, ...] = get_args(ModelFamily)
+TUNING_METHODS: tuple[str, ...] = get_args(TuningMethod)
 # The non-SAM families train everything or their head only; SAM's PEFT methods do not apply to them.
 HEAD_FAMILY_METHODS = ("full", "decoder")
 
@@ -99,7 +105,7 @@ LEGACY_STUDENT_STRIDE = 32
 
 
 class ModelParams(_Section):
-    family: Literal["sam", "sam_lite", "deeplabv3"] = "sam"
+    family: ModelFamily = "sam"
     variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"  # SAM (family sam) only
     checkpoint: str | None = None  # sam: official SAM checkpoint; deeplabv3: torchvision state dict
     student_checkpoint: str | None = "outputs/distill/student.safetensors"  # sam_lite: distilled student
@@ -162,7 +168,7 @@ class CrackSamParams(_Section):
 
 
 class TuningParams(_Section):
-    method: Literal["layernorm", "decoder", "lora", "adapter", "cracksam", "full"] = "full"
+    method: TuningMethod = "full"
     lora: LoraParams = LoraParams()
     adapter: AdapterParams = AdapterParams()
     cracksam: CrackSamParams = CrackSamParams()

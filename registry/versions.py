@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch loads only where a model does
 
 CHAMPION, PREVIOUS_CHAMPION, CANDIDATE = "champion", "previous-champion", "candidate"
 MLMODEL = "MLmodel"
-# The file names of pipeline.models.trained, which imports torch.
+# The file names of pipeline.training.trained, which imports torch.
 WEIGHTS_FILE, PARAMS_FILE = "model.safetensors", "params.yaml"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
 
@@ -103,7 +103,7 @@ def download_model_files(uri: str, directory: Path, tracking_uri: str | None = N
 
 def load_model_uri(uri: str, workdir: Path, tracking_uri: str | None = None) -> tuple[nn.Module, Params]:
     """A trained model from a ``models:/``/``runs:/`` URI or a local folder (trained model or MLflow model)."""
-    from pipeline.models.trained import load_trained_model
+    from pipeline.training.trained import load_trained_model
 
     local = Path(uri)
     if local.is_dir():
@@ -123,7 +123,7 @@ def load_model_uri(uri: str, workdir: Path, tracking_uri: str | None = None) -> 
 
 def load_version_model(client: MlflowClient, name: str, version: str, workdir: Path) -> tuple[nn.Module, Params]:
     """Weights and params of a registered version, rebuilt into the model (no pickle involved)."""
-    from pipeline.models.trained import load_trained_model
+    from pipeline.training.trained import load_trained_model
 
     get_version(client, name, version)  # a clear error for a missing version
     return load_trained_model(download_model_files(f"models:/{name}/{version}", workdir, client.tracking_uri))

@@ -19,11 +19,11 @@ from pipeline.distill.store import INDEX_FILE, EmbeddingStoreError, skipped_inde
 from pipeline.distill.student_training import distill_from_params, student_path
 from pipeline.distill.teacher import SamTeacher
 from pipeline.errors import CheckpointError
-from pipeline.models.factory import build_model
 from pipeline.models.sam_builder import build_sam
 from pipeline.models.sam_lite import SamLiteStudent
 from pipeline.models.sam_lite.model import PLACEHOLDER_KEY
 from pipeline.params import load_params
+from pipeline.tuning.build import build_model
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from pipeline.evaluation import (
     run_evaluation,
     score_set,
 )
-from pipeline.models.factory import build_model
 from pipeline.params import load_params
+from pipeline.tuning.build import build_model
 
 SIZE = 64
 KERNELS = [1, 5, 9, 13, 17, 21]

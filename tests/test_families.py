@@ -16,13 +16,14 @@ from pipeline.data.limited import groups_from_pattern, select_training_stems
 from pipeline.errors import CheckpointError, DatasetError, ParamsError
 from pipeline.losses import build_loss
 from pipeline.models.deeplab import build_deeplabv3, load_deeplab_checkpoint
-from pipeline.models.factory import build_model, model_label
-from pipeline.models.head_tuning import apply_head_tuning
+from pipeline.models.factory import FAMILIES, model_label
 from pipeline.models.sam_lite import CrackHead, MultiScaleConv, SamLiteStudent
-from pipeline.models.trained import PARAMS_FILE, load_trained_model, save_trained_model
-from pipeline.params import load_params
+from pipeline.params import MODEL_FAMILIES, load_params
 from pipeline.training.run import SUBSET_FILE, build_loaders, train_from_params
+from pipeline.training.trained import PARAMS_FILE, load_trained_model, save_trained_model
 from pipeline.tuning import count_parameters
+from pipeline.tuning.build import build_model
+from pipeline.tuning.head import apply_head_tuning
 
 DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
 
@@ -145,6 +146,11 @@ def test_count_params_sam_lite_matches_the_study(capsys):
     assert main(["count-params", "--params", DEFAULTS, "-S", "model.family=sam_lite",
                  "-S", "tuning.method=decoder", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable"] == SAM_LITE_HEAD
+
+
+def test_the_schema_and_the_builders_name_the_same_families():
+    # One list of names (params.ModelFamily): a family the schema accepts always has a builder.
+    assert tuple(FAMILIES) == MODEL_FAMILIES
 
 
 def test_each_family_is_labelled_by_its_architecture():

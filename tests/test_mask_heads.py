@@ -12,12 +12,12 @@ import torch
 
 from pipeline.cli import main
 from pipeline.errors import CheckpointError, ParamsError
-from pipeline.models.factory import build_model
 from pipeline.models.mask_heads import MASK_HEAD_NAMES, MASK_HEADS
 from pipeline.models.sam_builder import build_sam
-from pipeline.models.trained import load_trained_model
 from pipeline.params import ModelParams, load_params
 from pipeline.training.run import train_from_params
+from pipeline.training.trained import load_trained_model
+from pipeline.tuning.build import build_model
 
 DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # an empty params file: the built-in defaults
 
@@ -118,7 +118,7 @@ def test_class_tokens_are_sam_only_and_sam_lite_keeps_its_normalisation() -> Non
 
 @pytest.mark.parametrize("norm", ["family", "none"])
 def test_deeplab_input_norm_is_imagenet_or_none(norm: str) -> None:
-    from pipeline.models.factory import build_model
+    from pipeline.tuning.build import build_model
 
     model = build_model(load_params("missing.yaml", ["model.family=deeplabv3", f"model.input_norm={norm}"]))
     seen = []

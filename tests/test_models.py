@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import CheckpointError
-from pipeline.models.factory import build_model
 from pipeline.models.prompt_free_sam import PromptFreeSam
 from pipeline.models.sam_builder import build_sam
 from pipeline.models.sam_checkpoint import load_sam_checkpoint
-from pipeline.models.trained import load_trained_model, save_trained_model
 from pipeline.params import load_params
+from pipeline.training.trained import load_trained_model, save_trained_model
+from pipeline.tuning.build import build_model
 
 
 def test_prompt_free_output_is_one_logit_map_per_image_and_batch_independent():

@@ -128,7 +128,7 @@ def test_metric_value_handles_dotted_set_names() -> None:
 def test_light_modules_mirror_the_heavy_ones() -> None:
     """versions copies a few names so promotion workers need not import torch; they must agree.
     (The metrics.json layout the gate reads is not copied: both read pipeline/eval_schema.py.)"""
-    from pipeline.models import trained
+    from pipeline.training import trained
     from registry import versions
 
     assert (versions.WEIGHTS_FILE, versions.PARAMS_FILE) == (trained.WEIGHTS_FILE, trained.PARAMS_FILE)
@@ -295,7 +295,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def constant_logit_builder(logit: float):
     """``build_model`` whose mask decoder outputs ``logit`` everywhere (sigmoid > 0.5: all crack)."""
-    from pipeline.models.factory import build_model
+    from pipeline.tuning.build import build_model
 
     def build(params, *args: Any, **kwargs: Any):
         model = build_model(params, *args, **kwargs)
@@ -338,7 +338,7 @@ def _train_evaluate_register(root: Path, label: str, logit: float, sweep: bool =
     import pipeline.training.run
     from pipeline.data.sources import zero_shot_sets
     from pipeline.evaluation import run_evaluation
-    from pipeline.models.trained import load_trained_model
+    from pipeline.training.trained import load_trained_model
     from pipeline.tracking.setup import configure
     from pipeline.tracking.tracked_training import RUN_FILE, log_evaluation, train_with_tracking
     from registry.register import register_candidate

@@ -97,7 +97,7 @@ def test_early_stopping_stops_when_f1_does_not_improve(tiny_params):
 
 def test_non_finite_loss_is_reported(tiny_params):
     params = tiny_params()
-    from pipeline.models.factory import build_model
+    from pipeline.tuning.build import build_model
 
     model = build_model(params)
     train_loader, val_loader = build_loaders(params)

@@ -5,10 +5,16 @@ import pytest
 import torch
 
 from pipeline.errors import ParamsError
-from pipeline.models.factory import build_model
 from pipeline.models.split_qkv import SplitQkv
-from pipeline.params import load_params
+from pipeline.params import TUNING_METHODS, load_params
 from pipeline.tuning import count_parameters
+from pipeline.tuning.apply import SAM_METHODS
+from pipeline.tuning.build import build_model
+
+
+def test_the_schema_and_apply_tuning_name_the_same_methods() -> None:
+    # One list of names (params.TuningMethod): a method the schema accepts is always applied.
+    assert tuple(SAM_METHODS) == TUNING_METHODS
 
 
 def vit_b(*overrides: str):

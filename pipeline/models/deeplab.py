@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models.segmentation import DeepLabV3, deeplabv3_resnet101
 
 from pipeline.errors import CheckpointError
-from pipeline.models.head_tuning import apply_head_tuning, freeze_frozen_batchnorm
+from pipeline.models.frozen_batchnorm import freeze_frozen_batchnorm
 from pipeline.params import Params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,9 +101,9 @@ def load_deeplab_checkpoint(net: DeepLabV3, path: str | Path) -> DeepLabV3:
 
 
 def build_deeplabv3(params: Params, load_weights: bool = True) -> DeepLabV3Segmenter:
-    """DeepLabV3-ResNet101 with a one-logit head, from random weights or ``model.checkpoint``."""
+    """DeepLabV3-ResNet101 with a one-logit head, from random weights or ``model.checkpoint``;
+    ``tuning.method`` is applied by :mod:`pipeline.tuning.build`, not here."""
     net = deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
     if load_weights and params.model.checkpoint:
         load_deeplab_checkpoint(net, params.model.checkpoint)
-    model = DeepLabV3Segmenter(net, normalise=params.model.input_norm == "family")
-    return apply_head_tuning(model, model.head, params.tuning.method, params.model.family)
+    return DeepLabV3Segmenter(net, normalise=params.model.input_norm == "family")

@@ -40,8 +40,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from pipeline.inference.probabilities import BadImage, predict_masks
-from pipeline.models.trained import PARAMS_FILE, WEIGHTS_FILE, load_trained_model
 from pipeline.training.precision import pick_device
+from pipeline.training.trained import PARAMS_FILE, WEIGHTS_FILE, load_trained_model
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipeline` package, shipped as model code
 # Pinned from the running environment, so MLflow does not spend time inferring them at log time.

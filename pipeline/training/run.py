@@ -22,15 +22,16 @@ from pipeline.atomic import atomic_dir, write_json
 from pipeline.data import CrackDataset, build_train_augmentation, load_manifest
 from pipeline.data.limited import is_limited, limited_training_stems
 from pipeline.losses import build_loss
-from pipeline.models.factory import build_model, model_label
-from pipeline.models.trained import save_trained_model
+from pipeline.models.factory import model_label
 from pipeline.params import Params
 from pipeline.training.callbacks import Callback, FitResult, PrintCallback
 from pipeline.training.loop import LoopConfig, fit
 from pipeline.training.precision import enable_tf32, pick_device
 from pipeline.training.schedules import LrSchedule, build_optimizer
 from pipeline.training.seeding import seed_everything
+from pipeline.training.trained import save_trained_model
 from pipeline.tuning import ParameterCount, count_parameters
+from pipeline.tuning.build import build_model
 
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"

@@ -1,4 +1,5 @@
-"""Which parameters of SAM are trained: the tuning methods of the SAC and CrackSAM studies."""
+"""Which parameters train: the SAM tuning methods of the SAC and CrackSAM studies, the other
+families' full or head-only training, and :func:`~pipeline.tuning.build.build_model`, which applies them."""
 from pipeline.tuning.apply import TUNING_METHODS, apply_tuning
 from pipeline.tuning.count import ParameterCount, count_parameters
 

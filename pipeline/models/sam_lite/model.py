@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.errors import CheckpointError
-from pipeline.models.head_tuning import apply_head_tuning, freeze_frozen_batchnorm
+from pipeline.models.frozen_batchnorm import freeze_frozen_batchnorm
 from pipeline.models.sam_lite.crack_head import CrackHead
 from pipeline.models.sam_lite.student import SAM_PATCH, SamLiteStudent
 from pipeline.params import LEGACY_STUDENT_STRIDE, Params
@@ -98,9 +98,9 @@ def load_student_weights(student: SamLiteStudent, path: str | Path) -> SamLiteSt
 
 
 def build_sam_lite(params: Params, load_weights: bool = True) -> SamLiteSegmenter:
-    """The sam_lite segmenter; ``load_weights`` loads ``model.student_checkpoint`` when set."""
+    """The sam_lite segmenter; ``load_weights`` loads ``model.student_checkpoint`` when set;
+    ``tuning.method`` is applied by :mod:`pipeline.tuning.build`, not here."""
     student = build_student(params)
     if load_weights and params.model.student_checkpoint:
         load_student_weights(student, params.model.student_checkpoint)
-    model = SamLiteSegmenter(student, CrackHead())
-    return apply_head_tuning(model, model.head, params.tuning.method, params.model.family)
+    return SamLiteSegmenter(student, CrackHead())

@@ -10,8 +10,8 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
-from pipeline.models.factory import build_model
 from pipeline.params import LEGACY_STUDENT_STRIDE, Params, validate
+from pipeline.tuning.build import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 PARAMS_FILE = "params.yaml"
