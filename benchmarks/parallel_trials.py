@@ -25,7 +25,7 @@ MODES = {
 
 
 def run_sweep(space: str, n_trials: int, overrides: list[str], tmp: Path, name: str, log: Path) -> float:
-    command = [sys.executable, "-m", "pipeline.cli", "sweep", space, "--backend", "ray", "--sampler", "random",
+    command = [sys.executable, "-m", "crackops", "sweep", space, "--backend", "ray", "--sampler", "random",
                "--pruner", "none", "--n-trials", str(n_trials), "--seed", "0", "--study", name,
                "--storage", f"sqlite:///{tmp}/sweeps.db"]
     for item in [*overrides, f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"sweep.ray.storage_path={tmp}/ray"]:

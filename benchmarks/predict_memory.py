@@ -47,7 +47,7 @@ def train_model(workdir: Path) -> Path:
         return model_dir
     generate_dataset(workdir / "raw", n_images=12, size=256, seed=0)
     prepare_dataset(workdir / "raw", workdir / "prepared", img_size=256, val_fraction=0.25, test_fraction=0.25, seed=0)
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--no-progress",
+    subprocess.run([sys.executable, "-m", "crackops", "train", "--no-progress",
                     "-S", f"data.prepared_dir={workdir / 'prepared'}", "-S", f"train.out_dir={model_dir}",
                     "-S", "train.epochs=1", "-S", "mlflow.enabled=false"],
                    cwd=workdir, env=_env(REPO), check=True)
@@ -79,7 +79,7 @@ def make_photo(path: Path, megapixels: float) -> tuple[int, int]:
 
 def peak_rss_mib(checkout: Path, model_dir: Path, photo: Path, out_dir: Path) -> float:
     """Maximum resident set size of one ``crackops predict`` process, in MiB."""
-    run = subprocess.run([TIME, "-v", sys.executable, "-m", "pipeline.cli", "predict", str(photo),
+    run = subprocess.run([TIME, "-v", sys.executable, "-m", "crackops", "predict", str(photo),
                           "--model-uri", str(model_dir), "--output", str(out_dir), "--no-progress"],
                          cwd=out_dir.parent, env=_env(checkout), capture_output=True, text=True)
     if run.returncode:

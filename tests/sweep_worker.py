@@ -1,6 +1,6 @@
 """A `crackops sweep` worker for the multi-worker tests and the coordination benchmark.
 
-The real sweep code (``pipeline.cli.main``) with one substitution: a trial does not train, it
+The real sweep code (``crackops.cli.main``) with one substitution: a trial does not train, it
 sleeps ``--trial-seconds`` and scores its params, inside a real MLflow run nested under the sweep's
 parent (so MLflow's stores see the same traffic as real trials). Everything is imported before the
 start gate, so workers released together really start their sweeps at the same instant.
@@ -33,7 +33,8 @@ if __name__ == "__main__":  # run as a script: the checkout's packages, not an i
 
 import mlflow  # noqa: E402
 
-from pipeline import cli, dblock  # noqa: E402
+from crackops import cli  # noqa: E402
+from pipeline import dblock  # noqa: E402
 from pipeline.training.callbacks import FitResult  # noqa: E402
 from search import optuna_backend  # noqa: E402
 from search.objective import TAG_STATE, TrialResult  # noqa: E402

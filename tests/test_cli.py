@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import COMMANDS, build_parser, main, package_version
+from crackops.cli import COMMANDS, build_parser, main, package_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +51,6 @@ def test_subcommand_help_has_a_description_and_an_example(name, capsys):
 
 
 def test_help_runs_as_a_console_command():
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "crackops", "train", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "example:\n  crackops train" in result.stdout

@@ -416,7 +416,7 @@ def test_prepare_refuses_to_overwrite_its_source(synthetic_dir: Path) -> None:
 ])
 def test_prepare_names_both_keys_when_folders_overlap(tmp_path, monkeypatch, capsys, overrides, message):
     # Once a raw ValueError traceback; preparing would have replaced the dataset with its own output.
-    from pipeline.cli import main
+    from crackops.cli import main
 
     monkeypatch.chdir(tmp_path)
     defaults = Path(__file__).with_name("defaults.yaml")
@@ -429,7 +429,7 @@ def test_prepare_names_both_keys_when_folders_overlap(tmp_path, monkeypatch, cap
 def test_prepare_reports_pairing_and_content_problems_in_one_run(tmp_path, monkeypatch, capsys):
     # Once pairing problems stopped prepare before any file was read: the bad contents surfaced one
     # fix-and-rerun later. One run now names every file at fault.
-    from pipeline.cli import main
+    from crackops.cli import main
 
     source = _make_flat(tmp_path / "src", ["good1", "good2", "truncated", "empty", "small", "text"], h=30, w=40)
     rng = np.random.default_rng(1)

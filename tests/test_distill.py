@@ -12,7 +12,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pipeline.cli import main
+from crackops.cli import main
 from pipeline.distill import embed as embed_module
 from pipeline.distill.embed import embed_from_params, embeddings_dir
 from pipeline.distill.store import INDEX_FILE, EmbeddingStoreError, skipped_index

@@ -2,8 +2,8 @@
 and never because of code it does not run.
 
 The code a stage runs is found from the source: the imports of its `crackops` command's function
-in pipeline/cli.py, then every project module those import (at module level or inside functions:
-either can run), transitively. The dispatcher pipeline/cli.py itself is left out: it parses
+in crackops/cli.py, then every project module those import (at module level or inside functions:
+either can run), transitively. The dispatcher crackops/cli.py itself is left out: it parses
 arguments and calls the stage's functions, so a change there (a new subcommand's help) must not
 rerun every stage.
 """
@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "search", "registry")
-DISPATCHER = "pipeline/cli.py"
+DISPATCHER = "crackops/cli.py"
 
 
 def module_file(name: str) -> Path | None:
@@ -55,7 +55,7 @@ def code_of(command: str) -> set[str]:
     function = next(node for node in cli.body if isinstance(node, ast.FunctionDef) and any(
         isinstance(d, ast.Call) and getattr(d.func, "id", "") == "command" and d.args[0].value == command
         for d in node.decorator_list))
-    todo, seen = list(imported_modules(ast.Module(body=function.body, type_ignores=[]), "pipeline")), set()
+    todo, seen = list(imported_modules(ast.Module(body=function.body, type_ignores=[]), "crackops")), set()
     while todo:
         name = todo.pop()
         if name in seen:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import pipeline.cli as cli
+import crackops.cli as cli
 from pipeline.params import Params, _Section
 from test_pipeline import TINY, merge
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.cli import main
+from crackops.cli import main
 from pipeline.data.limited import groups_from_pattern, select_training_stems
 from pipeline.errors import CheckpointError, DatasetError, ParamsError
 from pipeline.losses import build_loss

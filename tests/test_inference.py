@@ -196,7 +196,7 @@ def test_predict_images_writes_masks_of_the_original_size(tmp_path: Path) -> Non
 def test_predict_cli_scores_every_readable_image_and_names_the_unreadable_one(tmp_path: Path, monkeypatch, capsys):
     # Once the first unreadable file stopped the run: later images unpredicted, no predictions.json.
     import registry.versions
-    from pipeline.cli import main
+    from crackops.cli import main
 
     good = [_write(tmp_path / "in/a.png", (40, 60)), _write(tmp_path / "in/c.jpg", (30, 50))]
     bad = tmp_path / "in/b.jpg"

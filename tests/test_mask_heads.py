@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.cli import main
+from crackops.cli import main
 from pipeline.errors import CheckpointError, ParamsError
 from pipeline.models.mask_heads import MASK_HEAD_NAMES, MASK_HEADS
 from pipeline.models.sam_builder import build_sam

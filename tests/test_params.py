@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from crackops.cli import main
 from pipeline.errors import ParamsError
 from pipeline.params import Params, apply_overrides, load_params, parse_override
 
@@ -85,7 +85,7 @@ def test_cli_reports_bad_key_without_traceback(capsys):
 
 def test_a_missing_params_file_is_an_error_but_a_missing_default_means_defaults(tmp_path, monkeypatch, capsys):
     # A mistyped --params once trained silently on the built-in defaults.
-    from pipeline import cli
+    from crackops import cli
 
     seen = []
     monkeypatch.setitem(cli.COMMANDS, "prepare", lambda params, args: seen.append(params))
@@ -115,7 +115,7 @@ def test_console_script_count_params_json(tmp_path):
 
 def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path):
     # `crackops lineage | head`: the reader goes away mid-output; no traceback, exit 141 as SIGPIPE.
-    script = ("import sys\nfrom pipeline import cli\n"
+    script = ("import sys\nfrom crackops import cli\n"
               "cli.COMMANDS['prepare'] = lambda params, args: [print('x' * 200) for _ in range(100_000)]\n"
               "sys.exit(cli.main(['prepare']))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,

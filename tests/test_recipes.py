@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from crackops.cli import main
 from pipeline.params import load_params
 from pipeline.recipes import RecipeError, load_recipe, recipe_names
 

@@ -383,7 +383,7 @@ def models(workspace: Path, server: str) -> dict[str, Any]:
 
 
 def _crackops(*argv: str) -> int:
-    from pipeline.cli import main
+    from crackops.cli import main
 
     return main(list(argv))
 

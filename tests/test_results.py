@@ -119,7 +119,7 @@ def test_train_stage_mirrors_only_the_pipelines_own_outputs(tiny_params, tmp_pat
     """`crackops train` updates results/ for outputs/train (the DVC stage), not for another train.out_dir."""
     import argparse
 
-    from pipeline.cli import COMMANDS
+    from crackops.cli import COMMANDS
 
     monkeypatch.chdir(tmp_path)  # the prepared data is at an absolute path
     args = argparse.Namespace(no_progress=True)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from crackops.cli import main
 from test_metrics import FOUR_IMAGE_MEANS, FOUR_IMAGE_POOLED, four_image_fixture
 from test_tolerance_rules import fixtures as tolerance_fixtures
 

@@ -43,7 +43,7 @@ def crackops_on_small_disk(cwd: Path, disk: Path, megabytes: int, *args: str,
     message expected for a full disk."""
     disk.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "pipeline.cli", *args]
+    command = [sys.executable, "-m", "crackops", *args]
     if CAN_MOUNT:
         result = subprocess.run(["unshare", "--mount", "sh", "-c", MOUNTED, "sh", str(megabytes), options,
                                  str(disk), *command], cwd=cwd, env=env, capture_output=True, text=True,

@@ -267,7 +267,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
         "epochs: 1\nsampler: grid-fraction\ngrid_fraction: 1.0\n"
         "parameters:\n  loss.lambda: {type: categorical, choices: [0.3, 0.6, 0.9]}\n")
     db = tmp_path / "sweeps.db"
-    command = [sys.executable, "-m", "pipeline.cli", "sweep", "resume.yaml",
+    command = [sys.executable, "-m", "crackops", "sweep", "resume.yaml",
                "--storage", f"sqlite:///{db}", *(arg for item in _tiny_overrides(
                    tiny_prepared, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                    # The killed trial's beat goes stale 2 s after the kill; the restart takes longer.
