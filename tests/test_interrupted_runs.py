@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KILLER = """
 import os, signal, sys
-from pipeline import cli
+from crackops import cli
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

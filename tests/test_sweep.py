@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline import cli
+from crackops import cli
 from pipeline.params import Params, apply_overrides, load_params, read_params_file, validate
 from pipeline.training.callbacks import FitResult
 from search import optuna_backend
