@@ -16,7 +16,8 @@ PACKAGES = ("pipeline", "search", "registry", "crackops")
 # a module belongs to its longest matching entry, and every module must have one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaf utilities", ("pipeline/__init__.py", "pipeline/params.py", "pipeline/errors.py", "pipeline/atomic.py",
-                        "pipeline/liveness.py", "pipeline/dblock.py", "pipeline/visualize.py", "pipeline/recipes/")),
+                        "pipeline/liveness.py", "pipeline/eval_schema.py", "pipeline/dblock.py", "pipeline/visualize.py",
+                        "pipeline/recipes/")),
     ("components", ("pipeline/data/", "pipeline/losses/", "pipeline/metrics/", "pipeline/models/")),
     ("tuning", ("pipeline/tuning/",)),
     ("training", ("pipeline/training/", "pipeline/distill/")),
