@@ -19,7 +19,7 @@ from pipeline.tracking.lineage import dvc_output_hash, git_commit, git_dirty, ma
 from pipeline.tracking.setup import DEFAULT_TRACKING_URI, configure, resolve_tracking_uri
 from pipeline.tracking.tracked_training import RUN_FILE, flatten_metrics, log_evaluation, train_with_tracking
 from pipeline.training.callbacks import Callback, EpochResult, TrainerControl
-from pipeline.training.run import TrainOutcome
+from pipeline.training.run import Selection, TrainOutcome
 
 DVC_MD5 = "0123456789abcdef0123456789abcdef.dir"
 
@@ -321,14 +321,14 @@ def test_disabled_tracking_logs_nothing(workspace: Path, tmp_path: Path, monkeyp
     params = _params(workspace, "mlflow.enabled=false", f"mlflow.tracking_uri=sqlite:///{tmp_path}/off.db")
     calls = []
 
-    def fake_train(*args: object) -> str:
-        calls.append(args)
+    def fake_train(*args: object, **kwargs: object) -> str:
+        calls.append((args, kwargs))
         return "outcome"
 
     # The plain training is tested elsewhere; here only the delegation and the absence of a run matter.
     monkeypatch.setattr("pipeline.tracking.tracked_training.train_from_params", fake_train)
     assert train_with_tracking(params, None, progress=False) == ("outcome", None)
-    assert calls == [(params, (), None, False)]  # and the resume folder and selection, by keyword
+    assert calls == [((params, (), None, False), {"work": None, "selection": Selection()})]
     assert not (tmp_path / "off.db").exists()
     assert mlflow.active_run() is None
 
