@@ -46,7 +46,7 @@ class Decision:
     rows: list[GateRow] = field(default_factory=list)
 
 
-def metric_value(metrics: Mapping[str, Any], path: str) -> float | None:
+def score_at(metrics: Mapping[str, Any], path: str) -> float | None:
     """The number at a dotted path (``zero_shot.mean.iou``); set names may themselves hold dots."""
     parts = path.split(".")
 
@@ -90,10 +90,10 @@ def checked_metrics(candidate: Mapping[str, Any], champion: Mapping[str, Any] | 
 
 def _first_model(candidate: Mapping[str, Any], gate: PromoteParams,
                  metrics: list[tuple[str, str]]) -> Decision:
-    primary = metric_value(candidate, gate.primary_metric)
+    primary = score_at(candidate, gate.primary_metric)
     ok = _usable(primary) and primary >= gate.floor
     rows = [GateRow(gate.primary_metric, PRIMARY, None, primary, f">= floor {gate.floor:.4f}", ok)]
-    rows += [GateRow(name, kind, None, metric_value(candidate, name), "no champion", None)
+    rows += [GateRow(name, kind, None, score_at(candidate, name), "no champion", None)
              for kind, name in metrics[1:]]
     if not _usable(primary):
         return Decision(False, f"no champion yet, and the candidate has no {gate.primary_metric} score", rows)
@@ -110,7 +110,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, gat
     rows: list[GateRow] = []
     failures: list[str] = []
     for kind, name in metrics:
-        new, old = metric_value(candidate, name), metric_value(champion, name)
+        new, old = score_at(candidate, name), score_at(champion, name)
         if kind == PRIMARY:
             rule = f">= champion + {gate.margin:.4f}"
             if not _usable(old):

@@ -65,7 +65,7 @@ def version_tags(run: mlflow.entities.Run, metrics: dict[str, Any]) -> dict[str,
     return tags
 
 
-def describe(run: mlflow.entities.Run, metrics: dict[str, Any]) -> str:
+def version_description(run: mlflow.entities.Run, metrics: dict[str, Any]) -> str:
     params = run.data.params
     rows = [f"| {section} {key} | {value:.4f} |" for section, key in HEADLINE_SCORES
             if isinstance(value := lookup(metrics, section, key), (int, float))]
@@ -145,7 +145,7 @@ def register_candidate(run_file: Path, metrics_file: Path, model_name: str) -> R
     if version is None:
         version = settle_duplicates(client, model_name, run.info.run_id,
                                     mlflow.register_model(run_info["model_uri"], model_name, tags=tags))
-    complete_registration(client, model_name, version, tags, describe(run, metrics))
+    complete_registration(client, model_name, version, tags, version_description(run, metrics))
     return Registration(model_name, str(version.version), run.info.run_id, run_info["model_uri"], CANDIDATE_ALIAS)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 from pipeline.data import load_manifest
 from search.config import SweepConfig, SweepError
 from search.mlflow_sweep import close_parent, log_summary, open_parent, sweep_params
-from search.objective import TAG_BACKEND, TAG_STUDY, winning_values
+from search.trial import TAG_BACKEND, TAG_STUDY, winning_values
 from search.optuna_plots import save_plots
 from search.results import (
     BestTrial, SweepSummary, TrialRow, format_summary, format_table, params_text, retrain_command, trial_line,

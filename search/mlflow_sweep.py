@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.params import MlflowParams
 from pipeline.tracking.setup import configure
-from search.objective import MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
+from search.trial import MAX_REASON, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, param_value_text
 from search.states import FAILED
 from search.results import BestTrial, format_value
 

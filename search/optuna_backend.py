@@ -58,13 +58,13 @@ from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
 from search.mlflow_sweep import close_orphan_children
-from search.objective import (
-    TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, describe, run_trial,
-)
 from search.results import TrialRow
 from search.samplers import make_sampler
 from search.space import SearchSpace
 from search.states import COMPLETE, FAILED, PRUNED, RUNNING, STATES, WAITING
+from search.trial import (
+    TAG_BACKEND, TAG_NUMBER, TAG_STUDY, ReportingCallback, TrialFailure, error_line, run_trial,
+)
 
 STATE_NAMES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
                TrialState.RUNNING: RUNNING, TrialState.WAITING: WAITING}
@@ -364,7 +364,7 @@ class _Objective:
             trial.set_user_attr(A_FAIL_REASON, failure.reason)
             raise
         except BaseException as error:
-            trial.set_user_attr(A_INTERRUPTED, describe(error))
+            trial.set_user_attr(A_INTERRUPTED, error_line(error))
             raise
         trial.set_user_attr(A_EPOCHS, result.epochs_run)
         if result.pruned:

@@ -9,10 +9,10 @@ plots and the printed summary. Tune adds parallel trials across a cluster:
 * early stopping: ``--pruner asha`` is Tune's ASHA (rungs after 1, 3, 9 epochs, as Optuna's
   successive halving), ``median`` its median stopping rule (from epoch 3, after 3 trials), ``none`` FIFO;
 * trials: each a Ray actor with ``sweep.ray.cpus_per_trial`` CPUs (also its torch threads) running
-  :func:`search.objective.run_trial`, i.e. the one training loop;
+  :func:`search.trial.run_trial`, i.e. the one training loop;
 * checkpoints: after every epoch but the last, the loop's resume state (``last.pt``, ``best.pt``)
   goes to Tune as the trial's checkpoint. A restored trial copies it back into its resume folder
-  (``work`` of :func:`search.objective.run_trial`) and the loop goes on from the next epoch;
+  (``work`` of :func:`search.trial.run_trial`) and the loop goes on from the next epoch;
 * resume: rerunning the command finds the experiment folder (``sweep.ray.storage_path/<study>``)
   and restores it: finished trials are kept, interrupted and errored ones continue from their last
   checkpoint, pending ones start.
@@ -49,9 +49,9 @@ from pipeline.training.callbacks import Callback
 from search.config import DEFAULT_N_TRIALS, SweepConfig, SweepError
 from search.driver import RunOutcome, StudyPlan, SweepBackend
 from search.mlflow_sweep import close_orphan_children
-from search.objective import (
+from search.trial import (
     MAX_REASON, TAG_BACKEND, TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE, TAG_STUDY,
-    ReportingCallback, TrialFailure, metric_value, run_trial,
+    ReportingCallback, TrialFailure, epoch_metric, run_trial,
 )
 from search.ray_cluster import (
     TAG_NODE, Shipment, StorageURI, check_cluster_tracking, localize, node_id, prepare_shipment, probe_address,
@@ -66,7 +66,7 @@ BACKEND = "ray"
 STATE_FILE = "crackops_sweep.json"  # beside Tune's experiment state: the parent run and the space
 # Checkpoint files: the loop's resume state (pipeline.training.run) and the epochs already logged.
 STATE_FILES = ("last.pt", "best.pt", "params.sha256")
-HISTORY_FILE = "history.json"
+CHECKPOINT_HISTORY_FILE = "history.json"
 # Keys of a trial's Tune results besides its epoch metrics (the state keys are the MLflow tag names).
 R_EPOCH, R_RUN_ID, R_EPOCHS_RUN = "epoch", "mlflow_run_id", "epochs_run"
 TAG_RESUMED = "trial.resumed_from_epoch"
@@ -171,7 +171,7 @@ class TuneTrialReporter(Callback):
                 if (self.work / name).is_file():
                     # The loop replaces these files by rename: a link is a consistent snapshot.
                     _link_or_copy(self.work / name, Path(folder) / name)
-            (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            (Path(folder) / CHECKPOINT_HISTORY_FILE).write_text(json.dumps(self.history))
             tune.report(self._result(metrics, step), checkpoint=tune.Checkpoint.from_directory(folder))
 
     def _result(self, metrics: dict[str, float], epoch: int, **extra: Any) -> dict[str, Any]:
@@ -183,7 +183,7 @@ class TuneTrialReporter(Callback):
         epochs, metric, direction = len(self.history), space.metric, space.direction
         if state == COMPLETE and self.history:
             pick = max if direction == "maximize" else min
-            best = pick(self.history, key=lambda item: _finite_or(metric_value(item, metric), direction))
+            best = pick(self.history, key=lambda item: _finite_or(epoch_metric(item, metric), direction))
             result = self._result(best, epochs, **{TAG_STATE: state, R_EPOCHS_RUN: epochs})
         else:
             # Tune checks that every result holds the searcher's and the scheduler's metric.
@@ -192,7 +192,7 @@ class TuneTrialReporter(Callback):
                                                         TAG_FAIL_REASON: reason[:MAX_REASON]})
         result[R_RUN_ID] = run_id or self.run_id or ""
         with tempfile.TemporaryDirectory(prefix="crackops-ckpt-") as folder:
-            (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            (Path(folder) / CHECKPOINT_HISTORY_FILE).write_text(json.dumps(self.history))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -221,7 +221,7 @@ def _restore(work: Path) -> list[dict[str, float]]:
         for name in STATE_FILES:
             if (Path(folder) / name).is_file():
                 shutil.copy2(Path(folder) / name, work / name)
-        history_file = Path(folder) / HISTORY_FILE
+        history_file = Path(folder) / CHECKPOINT_HISTORY_FILE
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
     return history if (work / "last.pt").is_file() else []
 

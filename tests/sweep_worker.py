@@ -37,7 +37,7 @@ from crackops import cli  # noqa: E402
 from pipeline import dblock  # noqa: E402
 from pipeline.training.callbacks import FitResult  # noqa: E402
 from search import optuna_backend  # noqa: E402
-from search.objective import TAG_STATE, TrialResult  # noqa: E402
+from search.trial import TAG_STATE, TrialResult  # noqa: E402
 from search.states import COMPLETE  # noqa: E402
 
 

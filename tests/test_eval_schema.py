@@ -100,9 +100,9 @@ def test_a_tiny_evaluation_writes_what_the_schema_declares(tmp_path: Path) -> No
     assert list(metrics[schema.ZERO_SHOT]) == ["masonry", *schema.SUMMARY_KEYS]
 
     for score in schema.HEADLINE_SCORES:
-        assert gate.metric_value(metrics, score.path) is not None, score.path
+        assert gate.score_at(metrics, score.path) is not None, score.path
     headline = headline_metrics({"val": {"f1": 0.5}, "trainable_params": 1}, metrics)
-    assert all(gate.metric_value(headline, score.path) is not None for score in DVC_SCORES)
+    assert all(gate.score_at(headline, score.path) is not None for score in DVC_SCORES)
     assert set(register.version_tags(_Run(), metrics)) >= {score.tag for score in schema.HEADLINE_SCORES}
     table = compare.render_compare([compare.Entry("v1", "v1", None, register.version_tags(_Run(), metrics))])
     row = next(line for line in table.splitlines() if line.startswith("| v1 |")).split(" | ")

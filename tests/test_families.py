@@ -314,7 +314,7 @@ def test_build_loaders_trains_on_the_seeded_subset_and_records_it(tiny_params, t
 
 
 def test_methods_compare_space_sets_each_family_with_its_own_defaults(tmp_path):
-    from search.objective import winning_values
+    from search.trial import winning_values
     from search.space import SpaceError, load_space
 
     space = load_space("methods-compare")

@@ -29,7 +29,7 @@ from registry.local_server import free_port, running_mlflow_server  # noqa: E402
 from search import ray_backend, ray_cluster  # noqa: E402
 from search.config import SweepConfig, SweepError  # noqa: E402
 from search.backends import run_sweep  # noqa: E402
-from search.objective import TAG_STATE  # noqa: E402
+from search.trial import TAG_STATE  # noqa: E402
 from search.states import COMPLETE  # noqa: E402
 from search.ray_cluster import StorageURI, TAG_NODE, check_cluster_tracking, probe_address  # noqa: E402
 from search.space import load_space  # noqa: E402

@@ -34,7 +34,7 @@ from mlflow import MlflowClient
 
 from pipeline.errors import CrackopsError
 from pipeline.params import PromoteParams, load_params
-from registry.gate import decide, metric_value, render_table
+from registry.gate import decide, score_at, render_table
 from registry.lease import LEASE_TAG, Lease, LeaseError, LeaseSettings, read_lease
 from registry.local_server import free_port, running_mlflow_server, stop_process_group, wait_until_up
 from registry.promote import SuiteEvaluator, promote, render_promotion
@@ -118,11 +118,11 @@ def test_gate_rows_table_and_missing_scores() -> None:
     assert not missing.passed and "no usable blur_down_up.f1" in missing.reason
 
 
-def test_metric_value_handles_dotted_set_names() -> None:
+def test_score_at_handles_dotted_set_names() -> None:
     tree = {"zero_shot": {"cfd.v2": {"iou": 0.3}, "mean": {"iou": 0.2}}, "test": {"f1": 1}}
-    assert metric_value(tree, "zero_shot.cfd.v2.iou") == 0.3
-    assert metric_value(tree, "zero_shot.mean.iou") == 0.2 and metric_value(tree, "test.f1") == 1.0
-    assert metric_value(tree, "test.iou") is None and metric_value(tree, "zero_shot") is None
+    assert score_at(tree, "zero_shot.cfd.v2.iou") == 0.3
+    assert score_at(tree, "zero_shot.mean.iou") == 0.2 and score_at(tree, "test.f1") == 1.0
+    assert score_at(tree, "test.iou") is None and score_at(tree, "zero_shot") is None
 
 
 def test_light_modules_mirror_the_heavy_ones() -> None:

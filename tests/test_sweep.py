@@ -25,7 +25,7 @@ from pipeline.training.callbacks import FitResult
 from search import optuna_backend
 from search.backends import run_sweep
 from search.config import SweepConfig
-from search.objective import TrialResult, failure_reason
+from search.trial import TrialResult, failure_reason
 from search.optuna_backend import enqueue_grid, make_storage
 from search.samplers import make_sampler
 from search.results import BEST_OVERRIDES_FILE, BEST_PARAMS_FILE, format_value
@@ -361,7 +361,7 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
 
     import sqlalchemy
 
-    from search.objective import TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE
+    from search.trial import TAG_FAIL_REASON, TAG_NUMBER, TAG_STATE
 
     (in_tmp / "three.yaml").write_text(
         "epochs: 1\nsampler: grid-fraction\ngrid_fraction: 1.0\n"
@@ -483,10 +483,10 @@ def test_failure_reasons() -> None:
 
 
 def test_a_metric_training_does_not_report_names_the_space_keys() -> None:
-    from search.objective import metric_value
+    from search.trial import epoch_metric
 
     with pytest.raises(Exception, match=r"'val_pixel_AP' \(the space's metric or prune_metric\).*val_pixel_ap"):
-        metric_value({"val_f1": 0.5, "val_pixel_ap": 0.4}, "val_pixel_AP")
+        epoch_metric({"val_f1": 0.5, "val_pixel_ap": 0.4}, "val_pixel_AP")
 
 
 def test_device_flag_sets_each_workers_device(monkeypatch, tiny_prepared: Path, capsys) -> None:

@@ -85,7 +85,7 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def describe(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """``Type: message`` on one line, or just the type when there is no message (Ctrl-C)."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}"[:MAX_REASON] if text else type(error).__name__
@@ -107,7 +107,7 @@ class ReportingCallback(Callback):
 
     def on_epoch_end(self, result: EpochResult, control: TrainerControl) -> None:
         metrics = result.metrics()
-        reason = self.reporter.report(result.epoch + 1, metric_value(metrics, self.metric), metrics)
+        reason = self.reporter.report(result.epoch + 1, epoch_metric(metrics, self.metric), metrics)
         if reason:
             control.stop(reason, pruned=True)
 
@@ -150,7 +150,7 @@ class TrialResult:
         return len(self.fit.history)
 
 
-def metric_value(metrics: dict[str, float], metric: str) -> float:
+def epoch_metric(metrics: dict[str, float], metric: str) -> float:
     if metric not in metrics:
         raise CrackopsError(f"sweep metric {metric!r} (the space's metric or prune_metric) is not reported by "
                             f"training; choose one of {', '.join(sorted(metrics))}")
@@ -159,7 +159,7 @@ def metric_value(metrics: dict[str, float], metric: str) -> float:
 
 def best_value(fit: FitResult, metric: str, direction: str = "maximize") -> float:
     """The trial's score: the best per-epoch value of ``metric`` (``val_f1``: the best epoch's F1)."""
-    values = [metric_value(item.metrics(), metric) for item in fit.history]
+    values = [epoch_metric(item.metrics(), metric) for item in fit.history]
     finite = [value for value in values if math.isfinite(value)]
     if not finite:
         return math.nan
@@ -224,7 +224,7 @@ def run_trial(
         raise
     except BaseException as error:
         reason = failure_reason(error) if isinstance(error, Exception) else None
-        tag_run(tracker.run_id, FAILED, reason or f"interrupted: {describe(error)}")
+        tag_run(tracker.run_id, FAILED, reason or f"interrupted: {error_line(error)}")
         if reason is None:
             raise
         raise TrialFailure(reason, tracker.run_id) from error
