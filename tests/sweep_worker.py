@@ -47,13 +47,16 @@ def stub_score(chosen: dict[str, Any]) -> float:
 
 
 def stub_run_trial(seconds: float, worker: str):
-    def run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+    def run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=(), tracker=None,
+                  work=None):
         started, cpu_started = time.time(), time.process_time()
         params = space.trial_params(base_tree, chosen)
         run_id = None
         if params.mlflow.enabled:
             with mlflow.start_run(run_name=run_name, nested=True, tags={**(tags or {}), TAG_STATE: COMPLETE}) as run:
                 mlflow.log_params({key: str(value) for key, value in chosen.items()})
+                if tracker is not None:  # what tracked training does once its run starts
+                    tracker.run_id = run.info.run_id
                 for callback in callbacks:  # the trial's run id into the study, as real trials record it
                     callback.on_train_start(space.epochs)
                 time.sleep(seconds)

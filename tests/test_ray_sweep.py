@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
 
 from pipeline.params import load_params  # noqa: E402
+from pipeline.tracking.mlflow_callback import MlflowCallback  # noqa: E402
 from search.config import SweepConfig, SweepError  # noqa: E402
 from search.mlflow_sweep import child_runs  # noqa: E402
 from search.backends import run_sweep  # noqa: E402
@@ -139,5 +140,5 @@ def test_the_scheduler_compares_the_pruning_metric_and_the_searcher_the_metric(t
     # Tune rejects a result without the scheduler's metric: a failed trial's last result has both.
     reported: list[dict] = []
     monkeypatch.setattr(ray_backend.tune, "report", lambda result, checkpoint=None: reported.append(result))
-    ray_backend.TuneTrialReporter(tmp_path, 4, []).final(config.space, FAILED, None, "non-finite loss")
+    ray_backend.TuneTrialReporter(tmp_path, 4, [], MlflowCallback()).final(config.space, FAILED, None, "non-finite loss")
     assert {"val_f1", "val_pixel_ap"} <= set(reported[0]) and reported[0]["trial.state"] == FAILED

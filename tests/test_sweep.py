@@ -89,7 +89,8 @@ def test_grid_fraction_draws_the_stated_share(tmp_path: Path, name: str, drawn: 
     assert {_point(space.decode(t.params)) for t in study.trials} == {_point(p) for p in points}
 
 
-def _stub_run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+def _stub_run_trial(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=(),
+                    tracker=None, work=None):
     """Training replaced by a score of the params: tests the sweep machinery in milliseconds."""
     params = space.trial_params(base_tree, chosen)
     value = 1.0 - abs(chosen["loss.lambda"] - 0.7) - abs(chosen["train.lr"] - 9e-4) * 100 - chosen["train.batch_size"] / 100
@@ -371,7 +372,8 @@ def test_a_point_whose_worker_dies_past_the_cap_is_given_up_loudly(in_tmp: Path,
     kills = 2
     died: list[int] = []
 
-    def stub(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=()):
+    def stub(base_tree, space, chosen, callbacks=(), run_name=None, tags=None, pruned_errors=(), tracker=None,
+             work=None):
         return TrialResult(chosen["loss.lambda"], FitResult(), space.trial_params(base_tree, chosen), None)
 
     real_run_one = optuna_backend.run_one
