@@ -60,6 +60,17 @@ def crackops_on_small_disk(cwd: Path, disk: Path, megabytes: int, *args: str,
     return result, "file size limit exceeded"
 
 
+def prepare_project(root: Path, n_images: int, size: int) -> Path:
+    """A synthetic dataset and a params.yaml preparing it into ``root/disk/prepared``; returns the disk."""
+    from pipeline.data import generate_dataset
+
+    generate_dataset(root / "raw", n_images=n_images, size=size, seed=0)
+    disk = root / "disk"
+    (root / "params.yaml").write_text(
+        f"data:\n  source: {root / 'raw'}\n  prepared_dir: {disk / 'prepared'}\n  img_size: {size}\n")
+    return disk
+
+
 def test_disk_full_during_training_is_one_line_and_ends_the_run_failed(tmp_path: Path, tiny_prepared: Path) -> None:
     disk = tmp_path / "disk"
     (tmp_path / "params.yaml").write_text(
@@ -81,12 +92,7 @@ def test_disk_full_during_training_is_one_line_and_ends_the_run_failed(tmp_path:
 
 @pytest.mark.skipif(not CAN_MOUNT, reason="a file-size limit cannot fill a disk of small files: needs `unshare --mount`")
 def test_disk_full_in_prepare_is_one_line(tmp_path: Path) -> None:
-    from pipeline.data import generate_dataset
-
-    generate_dataset(tmp_path / "raw", n_images=24, size=256, seed=0)
-    disk = tmp_path / "disk"
-    (tmp_path / "params.yaml").write_text(
-        f"data:\n  source: {tmp_path / 'raw'}\n  prepared_dir: {disk / 'prepared'}\n  img_size: 256\n")
+    disk = prepare_project(tmp_path, n_images=24, size=256)
     result, expected = crackops_on_small_disk(tmp_path, disk, 1, "prepare")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
@@ -96,12 +102,7 @@ def test_disk_full_in_prepare_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not CAN_MOUNT, reason="mounting a read-only tmpfs needs `unshare --mount` (root)")
 def test_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
-    from pipeline.data import generate_dataset
-
-    generate_dataset(tmp_path / "raw", n_images=8, size=64, seed=0)
-    disk = tmp_path / "disk"
-    (tmp_path / "params.yaml").write_text(
-        f"data:\n  source: {tmp_path / 'raw'}\n  prepared_dir: {disk / 'prepared'}\n  img_size: 64\n")
+    disk = prepare_project(tmp_path, n_images=8, size=64)
     result, _ = crackops_on_small_disk(tmp_path, disk, 1, "prepare", options="ro")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
