@@ -220,8 +220,8 @@ def _recipe(params: Params, args: argparse.Namespace) -> None:
           f"crackops recipe {recipe.name} --dvc-args | xargs dvc exp run")
 
 
-# Promotion, lineage, comparison and prediction live in registry/commands.py (handlers and parsers).
-for _name in ("promote", "lineage", "compare", "predict"):
+# Promotion, lineage, comparison, prediction and export live in registry/commands.py (handlers and parsers).
+for _name in ("promote", "lineage", "compare", "predict", "export"):
     command(_name)(_registry_command(_name))
 
 
@@ -241,6 +241,7 @@ EXAMPLES = {
     "lineage": "crackops lineage --alias champion --json",
     "compare": "crackops compare models:/crack-segmenter@champion models:/crack-segmenter@candidate",
     "predict": "crackops predict photos/ 'more/*.jpg' --output masks/",
+    "export": "crackops export --model-uri models:/crack-segmenter@champion --format onnx --int8 --output edge/",
 }
 
 
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs per trial (default: the space's `epochs`; -S train.epochs is replaced by it)")
     from registry.commands import add_parsers
 
-    add_parsers(sub, common)  # promote, lineage, compare, predict
+    add_parsers(sub, common)  # promote, lineage, compare, predict, export
     _describe_subcommands(sub)
     return parser
 

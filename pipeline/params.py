@@ -471,6 +471,23 @@ def read_params_file(path: str | Path = DEFAULT_PARAMS_FILE) -> dict[str, Any]:
     return tree
 
 
+def _legacy_defaults(tree: Any) -> Any:
+    """Keys added since a model was saved, set to what that model ran with, not today's default.
+
+    ``model.student_stride`` changes no weight shape, so a sam_lite model saved before the key
+    existed (all at stride 32) would otherwise load at the default 16 and silently compute garbage.
+    """
+    model = tree.get("model") if isinstance(tree, dict) else None
+    if isinstance(model, dict) and model.get("family") == "sam_lite" and "student_stride" not in model:
+        model["student_stride"] = LEGACY_STUDENT_STRIDE
+    return tree
+
+
+def load_model_params(path: Path) -> Params:
+    """The params saved with a trained model (or its export): what the model ran with."""
+    return validate(_legacy_defaults(yaml.safe_load(Path(path).read_text())), str(path))
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> Params:
     """Read ``path``, apply ``-S`` overrides and validate."""
     tree = apply_overrides(read_params_file(path), overrides or [])

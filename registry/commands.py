@@ -1,4 +1,4 @@
-"""``crackops promote | lineage | compare | predict``: argument parsers and thin handlers.
+"""``crackops promote | lineage | compare | predict | export``: argument parsers and thin handlers.
 
 Heavy imports (MLflow, torch) happen inside the handlers, so building the parser stays cheap.
 """
@@ -37,13 +37,16 @@ def handler(name: str) -> Callable[[Handler], Handler]:
 
 
 def _client(params: Params) -> Any:
+    """The client of the params' tracking store, also made MLflow's default: resolving a
+    ``models:/`` URI to its artifacts asks the default registry (the tracking store unless set),
+    whatever URI is passed along."""
     import mlflow
 
     from pipeline.tracking.setup import resolve_tracking_uri
 
     uri = resolve_tracking_uri(params.mlflow)
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
 def _version_args(parser: argparse.ArgumentParser, default_alias: str) -> None:
@@ -113,8 +116,7 @@ PREDICT_PARTIAL = 1
 def predict_command(params: Params, args: argparse.Namespace) -> int | None:
     from pipeline.inference.predict import SUMMARY_FILE, collect_images, predict_images
     from pipeline.training.precision import pick_device
-    from pipeline.tracking.setup import resolve_tracking_uri
-    from registry.versions import load_model_uri
+    from registry.export import load_predictor
 
     if args.tile is not None and args.tile < 16:
         raise CrackopsError(f"--tile must be at least 16 pixels, got {args.tile}")
@@ -122,9 +124,13 @@ def predict_command(params: Params, args: argparse.Namespace) -> int | None:
         raise CrackopsError(f"--overlap must be >= 0 and smaller than --tile, got {args.overlap}")
     paths = collect_images(list(args.images))  # fails on a bad path before any download
     uri = args.model_uri or f"models:/{params.mlflow.registered_model}@champion"
+    precision = ("int8" if args.int8 else "fp32") if args.format == "onnx" else None
+    if args.int8 and args.format != "onnx":
+        raise CrackopsError("--int8 runs the INT8 ONNX export: add --format onnx")
     with tempfile.TemporaryDirectory(prefix="crackops-predict-") as tmp:
-        model, trained = load_model_uri(uri, Path(tmp), tracking_uri=resolve_tracking_uri(params.mlflow))
-    model.to(pick_device())
+        model, trained = load_predictor(uri, Path(tmp), _client(params).tracking_uri, precision)
+    if hasattr(model, "to"):  # a PyTorch model; an ONNX graph runs on onnxruntime's CPU provider
+        model.to(pick_device())
     report = predict_images(model, trained, paths, Path(args.output), threshold=args.threshold, tile=args.tile,
                             overlap=args.overlap, progress=not args.no_progress)
     print(f"{len(report.predictions)} masks and overlays written to {args.output} (model {uri})")
@@ -136,6 +142,32 @@ def predict_command(params: Params, args: argparse.Namespace) -> int | None:
     for failure in report.failed:
         print(f"crackops predict: cannot read {failure.image}: {failure.reason}", file=sys.stderr)
     return PREDICT_PARTIAL
+
+
+@handler("export")
+def export_command(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.export.export import ExportSettings, export_model
+    from registry.export import attach_export, export_source
+    from registry.versions import load_model_uri
+
+    uri = args.model_uri or f"models:/{params.mlflow.registered_model}@champion"
+    client = _client(params)
+    with tempfile.TemporaryDirectory(prefix="crackops-export-") as tmp:
+        model, trained = load_model_uri(uri, Path(tmp), client.tracking_uri)
+    settings = ExportSettings(int8_method=args.int8_method if args.int8 else None,
+                              parity_images=args.parity_images, calibration_images=args.calibration_images)
+    output = Path(args.output)
+    report = export_model(model, trained, output, Path(params.data.prepared_dir), settings,
+                          export_source(client, uri), say=lambda line: print(line, flush=True))
+    files = report.description["files"]
+    for precision, entry in files.items():
+        print(f"{precision}: {output / entry['file']} ({entry['bytes'] / 1e6:.1f} MB)")
+    logged = {} if args.no_attach else attach_export(client, uri, output, list(files))
+    for precision, logged_uri in logged.items():
+        print(f"attached to {uri}: {logged_uri} (serve: mlflow models serve -m {logged_uri} --env-manager local)")
+    if not logged:
+        print(f"described in {output / 'export.json'}; not attached to a registered version"
+              + (" (--no-attach)" if args.no_attach else f" ({uri} is not models:/NAME@ALIAS or models:/NAME/V)"))
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -174,3 +206,24 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     predict.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
     predict.add_argument("--threshold", type=float, default=None, help="default: the model's eval.threshold")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.add_argument("--format", choices=["pytorch", "onnx"], default="pytorch",
+                         help="onnx: run the version's ONNX export (crackops export) with onnxruntime; an export "
+                              "folder or a logged export runs as ONNX whatever this says")
+    predict.add_argument("--int8", action="store_true", help="with --format onnx: the INT8 graph")
+
+    export = sub.add_parser("export", parents=[common],
+                            help="ONNX (and INT8) files of a model for phones and edge boxes, checked against PyTorch")
+    export.add_argument("--model-uri", default=None,
+                        help="models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a model folder "
+                             "(default: models:/<mlflow.registered_model>@champion)")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
+    export.add_argument("--output", required=True, help="folder for model.onnx, model.int8.onnx, params.yaml, export.json")
+    export.add_argument("--int8", action="store_true", help="also an INT8 copy (onnxruntime quantisation)")
+    export.add_argument("--int8-method", choices=["static", "dynamic"], default="static",
+                        help="static: calibrated on training images (default); dynamic: weights only")
+    export.add_argument("--calibration-images", type=int, default=16,
+                        help="training images that calibrate static INT8 (default: 16)")
+    export.add_argument("--parity-images", type=int, default=4,
+                        help="test images the ONNX probabilities are compared with PyTorch's on (default: 4)")
+    export.add_argument("--no-attach", action="store_true",
+                        help="do not log the export to the registered version's run")

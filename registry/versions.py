@@ -72,7 +72,7 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None] | None:
     return (match["name"], match["version"], match["alias"]) if match else None
 
 
-def _download(uri: str, path: str, dst: Path, tracking_uri: str | None) -> Path:
+def download_artifact(uri: str, path: str, dst: Path, tracking_uri: str | None) -> Path:
     # The registry lives with the tracking store here; pass both so no global MLflow state is used.
     repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
@@ -94,10 +94,10 @@ def download_model_files(uri: str, directory: Path, tracking_uri: str | None = N
     """Download only ``model.safetensors`` and ``params.yaml`` of a logged crackops model into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="crackops-dl-") as tmp:
-        mlmodel = _download(uri, MLMODEL, Path(tmp), tracking_uri)
+        mlmodel = download_artifact(uri, MLMODEL, Path(tmp), tracking_uri)
         weights_path, params_path = _pyfunc_artifact_paths(mlmodel, uri)
-        shutil.move(str(_download(uri, weights_path, Path(tmp), tracking_uri)), directory / WEIGHTS_FILE)
-        shutil.move(str(_download(uri, params_path, Path(tmp), tracking_uri)), directory / PARAMS_FILE)
+        shutil.move(str(download_artifact(uri, weights_path, Path(tmp), tracking_uri)), directory / WEIGHTS_FILE)
+        shutil.move(str(download_artifact(uri, params_path, Path(tmp), tracking_uri)), directory / PARAMS_FILE)
     return directory
 
 

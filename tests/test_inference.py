@@ -15,7 +15,7 @@ from torch import nn
 
 from pipeline.errors import CrackopsError
 from pipeline.inference.predict import collect_images, predict_images
-from pipeline.inference.probabilities import _predict_resized, predict_mask, predict_probabilities
+from pipeline.inference.probabilities import _predict_resized, as_segmenter, predict_mask, predict_probabilities
 from pipeline.inference.tiling import (
     axis_weights,
     default_overlap,
@@ -108,7 +108,7 @@ def test_predict_probabilities_tiles_large_images_with_the_model() -> None:
     # Images no larger than the tile keep the whole-image path (resize to img_size and back).
     small = image[:40, :50]
     default = predict_probabilities(model, [small, image], size)
-    np.testing.assert_array_equal(default[0], _predict_resized(model, [small], size, 4)[0])
+    np.testing.assert_array_equal(default[0], _predict_resized(as_segmenter(model), [small], size, 4)[0])
     assert default[1].shape == image.shape[:2]
     assert default_tile(size) == 64 and default_overlap(64) == 16
 
@@ -195,14 +195,15 @@ def test_predict_images_writes_masks_of_the_original_size(tmp_path: Path) -> Non
 
 def test_predict_cli_scores_every_readable_image_and_names_the_unreadable_one(tmp_path: Path, monkeypatch, capsys):
     # Once the first unreadable file stopped the run: later images unpredicted, no predictions.json.
-    import registry.versions
+    import registry.export
     from crackops.cli import main
 
     good = [_write(tmp_path / "in/a.png", (40, 60)), _write(tmp_path / "in/c.jpg", (30, 50))]
     bad = tmp_path / "in/b.jpg"
     bad.write_bytes(good[1].read_bytes()[:300])  # a truncated JPEG, between the two good ones
     params = load_params("missing.yaml", ["data.img_size=32"])
-    monkeypatch.setattr(registry.versions, "load_model_uri", lambda uri, workdir, tracking_uri=None: (PixelNet(32), params))
+    monkeypatch.setattr(registry.export, "load_predictor",
+                        lambda uri, workdir, tracking_uri=None, precision=None: (PixelNet(32), params))
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "in"), "--model-uri", "some-model", "--output", str(out),
                  "--no-progress"]) == 1

@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tuning", ("pipeline/tuning/",)),
     ("training", ("pipeline/training/", "pipeline/distill/")),
     ("evaluation and inference", ("pipeline/evaluation/", "pipeline/inference/", "pipeline/results.py")),
+    ("export", ("pipeline/export/",)),
     ("tracking", ("pipeline/tracking/",)),
     ("search and registry", ("search/", "registry/")),
     ("command line", ("crackops/",)),

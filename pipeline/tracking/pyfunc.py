@@ -17,6 +17,8 @@ reason in the JSON body's ``message`` (any other exception becomes a 400 whose m
 
 Weights travel as safetensors plus ``params.yaml``, the code as the ``pipeline`` package and a
 models-from-code entry file: nothing is pickled.
+
+:mod:`pipeline.tracking.onnx_pyfunc` serves a ``crackops export`` graph with the same inputs and outputs.
 """
 from __future__ import annotations
 
@@ -39,20 +41,20 @@ from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from pipeline.inference.probabilities import BadImage, predict_masks
+from pipeline.inference.probabilities import BadImage, Segmenter, predict_masks
 from pipeline.training.precision import pick_device
 from pipeline.training.trained import PARAMS_FILE, WEIGHTS_FILE, load_trained_model
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipeline` package, shipped as model code
 # Pinned from the running environment, so MLflow does not spend time inferring them at log time.
 PIP_PACKAGES = ("torch", "torchvision", "segment-anything", "peft", "safetensors", "opencv-python-headless",
-                "pyyaml", "pydantic", "numpy", "pandas", "albumentations", "timm")
+                "pyyaml", "pydantic", "numpy", "pandas", "albumentations", "timm", "onnxruntime")
 IMAGE_COLUMN = "image"
 MODEL_CODE_FILE = "crack_segmenter.py"
 MODEL_CODE = (
     "from mlflow.models import set_model\n\n"
-    "from pipeline.tracking.pyfunc import CrackSegmenterModel\n\n"
-    "set_model(CrackSegmenterModel())\n"
+    "from {module} import {cls}\n\n"
+    "set_model({cls}())\n"
 )
 
 
@@ -95,23 +97,14 @@ def encode_png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-class CrackSegmenterModel(mlflow.pyfunc.PythonModel):
-    """Prompt-free SAM crack segmentation over whole images."""
+class ImageSegmenterModel(mlflow.pyfunc.PythonModel):
+    """Crack masks of whole images from ``self.segmenter``, set by the subclass's ``load_context``."""
 
     # The explicit signature validates inputs; MLflow's type-hint validation (and its warning at
     # import time about a predict without hints) does not apply to a two-form predict.
     _skip_type_hint_validation = True
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        weights, params_file = Path(context.artifacts["weights"]), Path(context.artifacts["params"])
-        directory = weights.parent
-        if weights.name != WEIGHTS_FILE or params_file != directory / PARAMS_FILE:
-            # load_trained_model wants both files side by side under their usual names.
-            directory = Path(tempfile.mkdtemp(prefix="crackops-model-"))
-            shutil.copy(weights, directory / WEIGHTS_FILE)
-            shutil.copy(params_file, directory / PARAMS_FILE)
-        model, self.params = load_trained_model(directory)
-        self.model = model.to(pick_device())
+    segmenter: Segmenter | Any
+    params: Any
 
     # model_input (a DataFrame or an array) stays unannotated: MLflow would try, and fail with a
     # warning, to derive a signature from the hint; the explicit signature is the contract.
@@ -131,7 +124,7 @@ class CrackSegmenterModel(mlflow.pyfunc.PythonModel):
     def _predict_array(self, images: np.ndarray, threshold: float) -> np.ndarray:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise BadInput(f"expected a uint8 (N, H, W, 3) RGB array, got {images.dtype} {images.shape}")
-        masks = predict_masks(self.model, list(images), self.params.data.img_size, threshold,
+        masks = predict_masks(self.segmenter, list(images), self.params.data.img_size, threshold,
                               self.params.eval.batch_size)
         return np.stack(masks) if masks else np.zeros(images.shape[:3], dtype=np.uint8)
 
@@ -147,10 +140,25 @@ class CrackSegmenterModel(mlflow.pyfunc.PythonModel):
         # all their pixels and probability maps at once, only their encoded masks.
         for start in range(0, len(values), batch_size):
             images = [decode_image(value, start + i) for i, value in enumerate(values[start:start + batch_size])]
-            for mask in predict_masks(self.model, images, size, threshold, batch_size):
+            for mask in predict_masks(self.segmenter, images, size, threshold, batch_size):
                 fractions.append(np.count_nonzero(mask) / mask.size)
                 encoded.append(encode_png_base64(mask * 255))
         return pd.DataFrame({"mask": encoded, "crack_fraction": fractions})
+
+
+class CrackSegmenterModel(ImageSegmenterModel):
+    """The trained PyTorch model (safetensors + params.yaml), on the best device there is."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        weights, params_file = Path(context.artifacts["weights"]), Path(context.artifacts["params"])
+        directory = weights.parent
+        if weights.name != WEIGHTS_FILE or params_file != directory / PARAMS_FILE:
+            # load_trained_model wants both files side by side under their usual names.
+            directory = Path(tempfile.mkdtemp(prefix="crackops-model-"))
+            shutil.copy(weights, directory / WEIGHTS_FILE)
+            shutil.copy(params_file, directory / PARAMS_FILE)
+        model, self.params = load_trained_model(directory)
+        self.model = self.segmenter = model.to(pick_device())
 
 
 def pip_requirements() -> list[str]:
@@ -180,6 +188,17 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [encode_png_base64(image)]})
 
 
+def model_code_files(folder: Path, model_class: type) -> tuple[Path, Path]:
+    """A clean copy of the ``pipeline`` package and the models-from-code file naming ``model_class``."""
+    code = folder / PACKAGE_DIR.name
+    # No __pycache__ from this interpreter inside the model.
+    shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # Models from code: the model class is imported from the shipped package, never unpickled.
+    model_code = folder / MODEL_CODE_FILE
+    model_code.write_text(MODEL_CODE.format(module=model_class.__module__, cls=model_class.__name__))
+    return code, model_code
+
+
 def log_pyfunc_model(model_dir: Path, name: str = "model") -> ModelInfo:
     """Log the trained model in ``model_dir`` (safetensors + params.yaml) to the active run."""
     model_dir = Path(model_dir)
@@ -187,12 +206,7 @@ def log_pyfunc_model(model_dir: Path, name: str = "model") -> ModelInfo:
     saved = yaml.safe_load(params_file.read_text())
     threshold = float(saved.get("eval", {}).get("threshold", 0.5))
     with tempfile.TemporaryDirectory(prefix="crackops-code-") as tmp:
-        # A clean copy: no __pycache__ from this interpreter inside the model.
-        code = Path(tmp) / PACKAGE_DIR.name
-        shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        # Models from code: the model class is imported from the shipped package, never unpickled.
-        model_code = Path(tmp) / MODEL_CODE_FILE
-        model_code.write_text(MODEL_CODE)
+        code, model_code = model_code_files(Path(tmp), CrackSegmenterModel)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(model_code),

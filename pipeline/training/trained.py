@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from safetensors.torch import load_file, save_file
@@ -10,7 +9,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
-from pipeline.params import LEGACY_STUDENT_STRIDE, Params, validate
+from pipeline.params import Params, load_model_params
 from pipeline.tuning.build import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -27,25 +26,13 @@ def save_trained_model(model: nn.Module, params: Params, directory: Path) -> Non
         tmp.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
 
 
-def _legacy_defaults(tree: Any) -> Any:
-    """Keys added since a model was saved, set to what that model ran with, not today's default.
-
-    ``model.student_stride`` changes no weight shape, so a sam_lite model saved before the key
-    existed (all at stride 32) would otherwise load at the default 16 and silently compute garbage.
-    """
-    model = tree.get("model") if isinstance(tree, dict) else None
-    if isinstance(model, dict) and model.get("family") == "sam_lite" and "student_stride" not in model:
-        model["student_stride"] = LEGACY_STUDENT_STRIDE
-    return tree
-
-
 def load_trained_model(directory: Path) -> tuple[nn.Module, Params]:
     """Rebuild the architecture from the saved params and load the weights into it."""
     weights, params_file = directory / WEIGHTS_FILE, directory / PARAMS_FILE
     for path in (weights, params_file):
         if not path.is_file():
             raise CheckpointError(f"{path} not found: {directory} is not a trained crackops model")
-    params = validate(_legacy_defaults(yaml.safe_load(params_file.read_text())), str(params_file))
+    params = load_model_params(params_file)
     model = build_model(params, load_weights=False)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:

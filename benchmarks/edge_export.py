@@ -1,0 +1,256 @@
+"""Edge deployment figures: file size, CPU seconds per image, peak memory and test F1 of each model
+as eager PyTorch, onnxruntime FP32 and onnxruntime INT8 (``crackops export``'s files).
+
+For each model and size the FP32 and INT8 graphs are made with the code ``crackops export`` runs
+(``pipeline.export``), INT8 statically calibrated on training images of ``data.prepared_dir``
+(``--calibration-images``). Each (model, size, runtime) is then timed in a fresh subprocess with
+the same protocol as ``benchmarks/inference_speed.py``: batch 1, ``--warmup`` untimed runs, then
+at least ``--runs`` timed ones and ``--min-seconds`` of timing; best and median seconds per image;
+peak memory is the subprocess's ``ru_maxrss`` (Python, the runtime and the weights included).
+Eager PyTorch and onnxruntime both get ``--threads`` threads.
+
+Models are random-initialised (no pretrained weights can be downloaded here), except those given
+with ``--trained NAME=FOLDER`` (a ``crackops train`` output): these are exported with
+``crackops export`` itself and their test F1 (pooled, at the model's threshold, the prepared test
+split) is measured for each runtime at their own input size.
+
+    python benchmarks/edge_export.py [--models sam_lite sam_vit_b deeplabv3] [--sizes 1024 256]
+        [--trained sam_lite=outputs/bench-lite] [--threads 2] [--work /tmp/edge-bench] [--json rows.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+MODELS = {
+    "sam_lite": ["model.family=sam_lite", "model.student_checkpoint=null"],
+    "sam_vit_b": ["model.family=sam", "model.variant=vit_b", "tuning.method=layernorm"],
+    "deeplabv3": ["model.family=deeplabv3"],
+}
+RUNTIMES = ("eager", "onnx_fp32", "onnx_int8")
+MAX_RUNS = 50
+# Lightweight-SAM study, Table 3 (weight files; the distilled model on a Kirin 970 phone CPU).
+STUDY_TABLE_3 = ("study (Table 3): SAM ViT-B 404 MB, ViT-L 1230 MB, ViT-H 2665 MB, distilled model 70 MB; "
+                 "distilled model on an arm phone CPU (Kirin 970) 2.245 s per 1024x1024 image")
+
+
+def _params(name: str, size: int, prepared: str):
+    from pipeline.params import load_params
+
+    return load_params("missing.yaml", [*MODELS[name], f"data.img_size={size}", f"data.prepared_dir={prepared}",
+                                        "mlflow.enabled=false"])
+
+
+def _calibration(prepared: Path, size: int, count: int) -> list:
+    """Training images of the prepared data at ``size`` (resized as predict resizes)."""
+    from pipeline.export.checks import load_split
+    from pipeline.export.export import _at_size, _spread
+
+    return _at_size(_spread(load_split(prepared, "train").images, count), size)
+
+
+def build_files(name: str, size: int, work: Path, prepared: Path, calibration: int) -> dict:
+    """model.safetensors, model.onnx and model.int8.onnx of a random-initialised model in ``work``."""
+    import torch
+
+    from pipeline.export.onnx_graph import export_onnx
+    from pipeline.export.quantize import quantize_int8
+    from pipeline.training.trained import save_trained_model
+    from pipeline.tuning.build import build_model
+
+    folder = work / f"{name}-{size}"
+    if not (folder / "model.int8.onnx").is_file():
+        torch.manual_seed(0)
+        params = _params(name, size, str(prepared))
+        model = build_model(params, load_weights=False).eval()
+        save_trained_model(model, params, folder)
+        started = time.perf_counter()
+        export_onnx(model, size, folder / "model.onnx", name)
+        exported = time.perf_counter() - started
+        quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", "static", _calibration(prepared, size, calibration))
+        (folder / "timing.json").write_text(json.dumps({"export_seconds": round(exported, 1),
+                                                        "quantize_seconds": round(time.perf_counter() - started - exported, 1)}))
+    return {"folder": str(folder), **json.loads((folder / "timing.json").read_text())}
+
+
+def export_trained(folder: Path, work: Path, prepared: Path, calibration: int) -> Path:
+    """``crackops export --int8`` of a trained model folder (the command users run)."""
+    out = work / f"trained-{folder.name}"
+    if not (out / "export.json").is_file():
+        command = [sys.executable, "-m", "crackops", "export", "--model-uri", str(folder), "--int8", "--no-attach",
+                   "--calibration-images", str(calibration), "--output", str(out), "-S", f"data.prepared_dir={prepared}"]
+        subprocess.run(command, check=True, cwd=ROOT)
+    return out
+
+
+def file_sizes(folder: Path) -> dict:
+    names = {"safetensors": "model.safetensors", "onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
+    return {key: round((folder / file).stat().st_size / 1e6, 1) for key, file in names.items() if (folder / file).is_file()}
+
+
+def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_seconds: float, threads: int,
+            f1_prepared: str | None) -> dict:
+    """One runtime of one model folder, in this (fresh) process: time per image, peak memory, F1."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if runtime == "eager":
+        from pipeline.inference.probabilities import TorchSegmenter
+        from pipeline.training.trained import load_trained_model
+
+        model, params = load_trained_model(folder)
+        segmenter = TorchSegmenter(model)
+    else:
+        from pipeline.inference.onnx_segmenter import OnnxSegmenter
+        from pipeline.params import load_model_params
+
+        params = load_model_params(folder / "params.yaml")
+        segmenter = OnnxSegmenter(folder / ("model.onnx" if runtime == "onnx_fp32" else "model.int8.onnx"), threads)
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    load_before = os.getloadavg()[0]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            segmenter.probabilities(image)
+        times: list[float] = []
+        while len(times) < MAX_RUNS and (len(times) < runs or sum(times) < min_seconds):
+            started = time.perf_counter()
+            segmenter.probabilities(image)
+            times.append(time.perf_counter() - started)
+    row = {"runtime": runtime, "best_seconds": round(min(times), 4), "median_seconds": round(statistics.median(times), 4),
+           "runs": len(times), "threads": threads,
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+           "baseline_rss_mib": round(baseline_kib / 1024),
+           "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    if f1_prepared:
+        from pipeline.export.checks import load_split, pooled_f1
+
+        with torch.inference_mode():
+            row["test_f1"] = round(pooled_f1(segmenter, load_split(Path(f1_prepared), "test"), params.data.img_size,
+                                             params.eval.threshold), 4)
+    return row
+
+
+def run_one(folder: Path, runtime: str, size: int, args: argparse.Namespace, f1: bool) -> dict:
+    command = [sys.executable, __file__, "--one", str(folder), runtime, "--sizes", str(size), "--runs", str(args.runs),
+               "--warmup", str(args.warmup), "--min-seconds", str(args.min_seconds), "--threads", str(args.threads)]
+    if f1:
+        command += ["--f1-prepared", str(args.prepared)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{folder} {runtime} at {size}px failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | size | weights | file MB: safetensors / ONNX FP32 / INT8 | s/image best (median): eager | "
+             "ONNX FP32 | ONNX INT8 | speed-up vs eager, best: FP32 / INT8 | peak RSS MiB: eager / FP32 / INT8 | "
+             "test F1: eager / FP32 / INT8 |",
+             "|---|---:|---|---|---:|---:|---:|---|---|---|"]
+    for row in rows:
+        by = {r["runtime"]: r for r in row["runtimes"]}
+        sizes = row["files"]
+        speed = {k: f"{by[k]['best_seconds']:.3f} ({by[k]['median_seconds']:.3f})" if k in by else "-" for k in RUNTIMES}
+        ratio = " / ".join(f"{by['eager']['best_seconds'] / by[k]['best_seconds']:.2f}x" if k in by and "eager" in by
+                           else "-" for k in RUNTIMES[1:])
+        rss = " / ".join(f"{by[k]['peak_rss_mib']:,}" if k in by else "-" for k in RUNTIMES)
+        f1 = " / ".join(f"{by[k]['test_f1']:.4f}" if "test_f1" in by.get(k, {}) else "-" for k in RUNTIMES)
+        files = " / ".join(f"{sizes[k]:.1f}" if k in sizes else "-" for k in ("safetensors", "onnx_fp32", "onnx_int8"))
+        lines.append(f"| {row['model']} | {row['size']} | {row['weights']} | {files} | {speed['eager']} | "
+                     f"{speed['onnx_fp32']} | {speed['onnx_int8']} | {ratio} | {rss} | {f1} |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """The issue's targets for sam_lite: FP32 >= 1.5x eager, INT8 >= 2.5x with F1 within 0.01, INT8 file <= 1/4."""
+    out = []
+    for row in rows:
+        if not row["model"].startswith("sam_lite"):
+            continue
+        by = {r["runtime"]: r for r in row["runtimes"]}
+        fp32 = by["eager"]["best_seconds"] / by["onnx_fp32"]["best_seconds"]
+        int8 = by["eager"]["best_seconds"] / by["onnx_int8"]["best_seconds"]
+        ratio = row["files"]["onnx_int8"] / row["files"]["onnx_fp32"]
+        text = (f"{row['model']} {row['size']}px ({row['weights']}): FP32 {fp32:.2f}x eager "
+                f"({'meets' if fp32 >= 1.5 else 'BELOW'} 1.5x), INT8 {int8:.2f}x ({'meets' if int8 >= 2.5 else 'BELOW'} "
+                f"2.5x), INT8 file {ratio:.2f} of FP32 ({'meets' if ratio <= 0.25 else 'ABOVE'} 0.25)")
+        if "test_f1" in by.get("onnx_int8", {}):
+            change = by["onnx_int8"]["test_f1"] - by["onnx_fp32"]["test_f1"]
+            text += f", INT8 F1 change {change:+.4f} ({'meets' if abs(change) <= 0.01 else 'OUTSIDE'} 0.01)"
+        out.append(text)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1024, 256])
+    parser.add_argument("--trained", nargs="*", default=[], metavar="NAME=FOLDER",
+                        help="trained models (crackops train outputs), exported with crackops export; F1 measured")
+    parser.add_argument("--prepared", type=Path, default=ROOT / "data/prepared",
+                        help="prepared data: INT8 calibration (train) and F1 (test); default data/prepared")
+    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--work", type=Path, default=Path("/tmp/crackops-edge-bench"),
+                        help="where the files are written (reused by a rerun)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--f1-prepared", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        row = measure(Path(args.one[0]), args.one[1], args.sizes[0], args.runs, args.warmup, args.min_seconds,
+                      args.threads, args.f1_prepared)
+        print(json.dumps(row))
+        return
+    if not (args.prepared / "train" / "images").is_dir():
+        raise SystemExit(f"{args.prepared} has no prepared train split: run `crackops prepare` (or dvc repro) first")
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    jobs = [(name, size, None) for size in args.sizes for name in args.models]
+    for item in args.trained:
+        name, _, folder = item.partition("=")
+        jobs.append((name, None, Path(folder)))
+    for name, size, trained in jobs:
+        if trained is None:
+            built = build_files(name, size, args.work, args.prepared, args.calibration_images)
+            folder, weights = Path(built["folder"]), "random"
+        else:
+            folder = export_trained(trained, args.work, args.prepared, args.calibration_images)
+            (folder / "model.safetensors").unlink(missing_ok=True)
+            (folder / "model.safetensors").symlink_to((trained / "model.safetensors").resolve())
+            from pipeline.params import load_model_params
+
+            size, weights = load_model_params(folder / "params.yaml").data.img_size, f"trained ({trained})"
+        runtimes = [run_one(folder, runtime, size, args, f1=trained is not None) for runtime in RUNTIMES]
+        rows.append({"model": name, "size": size, "weights": weights, "files": file_sizes(folder),
+                     "runtimes": runtimes})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.threads} threads for torch "
+          f"and onnxruntime; batch 1; {args.warmup} warm-up + at least {args.runs} timed runs and "
+          f"{args.min_seconds:g}s per runtime, each in a fresh process\n")
+    print(table(rows))
+    print()
+    for line in verdicts(rows):
+        print(line)
+    print(STUDY_TABLE_3)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

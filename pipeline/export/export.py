@@ -1,0 +1,139 @@
+"""Export a trained model into one folder: FP32 ONNX, optionally INT8, checked against PyTorch.
+
+The folder is written atomically: an export that fails its parity check, hits an operator the
+exporter cannot translate, or is killed leaves no folder (or the previous one) behind.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import yaml
+from torch import nn
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, PARAMS_FILE, file_entry
+from pipeline.export.checks import FP32_TOLERANCE, load_split, max_probability_gap, pooled_f1
+from pipeline.export.onnx_graph import EXPORT_BATCH, OPSET, ExportError, export_onnx
+from pipeline.export.quantize import QuantMethod, quantize_int8
+from pipeline.inference.onnx_segmenter import INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
+from pipeline.inference.probabilities import TorchSegmenter
+from pipeline.models.factory import model_label
+from pipeline.params import Params
+
+# SAM's and ImageNet's pixel statistics, as the families apply them inside the graph.
+SAM_PIXELS = {"scale": 255.0, "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+IMAGENET = {"scale": 1.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class ExportSettings:
+    """What to export and how to check it; ``int8_method`` None exports FP32 only."""
+
+    int8_method: QuantMethod | None = None
+    parity_images: int = 4
+    calibration_images: int = 16
+
+
+@dataclass
+class ExportReport:
+    directory: Path
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def folded_normalisation(params: Params) -> dict[str, Any]:
+    """The pixel normalisation inside the graph: ``(x * scale - mean) / std`` per RGB channel."""
+    family, norm = params.model.family, params.model.input_norm
+    if family == "sam_lite" or (family == "sam" and norm == "family"):
+        return {"in_graph": True, **SAM_PIXELS}
+    if family == "deeplabv3" and norm == "family":
+        return {"in_graph": True, **IMAGENET}
+    return {"in_graph": True, "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def _at_size(images: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Images at the model's input size, resized as predict resizes them (prepared data may differ)."""
+    return [image if image.shape[:2] == (size, size)
+            else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images]
+
+
+def _spread(items: list[Any], n: int) -> list[Any]:
+    """``n`` items evenly spread over the list (all when there are fewer): a fixed, varied sample."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
+def _versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript")}
+
+
+def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: Path, settings: ExportSettings,
+                 source: dict[str, Any], say: Callable[[str], None] = print) -> ExportReport:
+    """Export ``model`` (built from its own ``params``) into ``out_dir`` and check it on ``prepared_dir``.
+
+    FP32 must match PyTorch's probabilities within :data:`FP32_TOLERANCE` on ``parity_images``
+    test images, else nothing is written. With INT8, the test split's pooled F1 of both graphs is
+    measured. ``source`` (model URI, version, run, its metrics) goes into ``export.json`` as given.
+    """
+    size, threshold, label = params.data.img_size, params.eval.threshold, model_label(params)
+    test = load_split(prepared_dir, "test")  # before the slow export: a missing split fails at once
+    parity = _at_size(_spread(test.images, settings.parity_images), size)
+    model = model.eval()
+    with atomic_dir(out_dir) as tmp:
+        say(f"exporting {label} (tuning {params.tuning.method}) to ONNX at {size}x{size} ...")
+        fp32_path = tmp / ONNX_FILES["fp32"]
+        export_onnx(model, size, fp32_path, label)
+        fp32 = OnnxSegmenter(fp32_path)
+        reference = TorchSegmenter(model)
+        gap = max_probability_gap(reference, fp32, parity)
+        say(f"FP32 parity on {len(parity)} test images: max |ONNX - PyTorch| = {gap:.2e} (bound {FP32_TOLERANCE:g})")
+        if not gap <= FP32_TOLERANCE:
+            raise ExportError(f"the ONNX export of {label} differs from PyTorch by {gap:.2e} (more than "
+                              f"{FP32_TOLERANCE:g}) on {len(parity)} test images of {prepared_dir}: not written")
+        files = {"fp32": file_entry(fp32_path)}
+        checks: dict[str, Any] = {"parity_images": len(parity), "fp32_max_abs_diff": gap}
+        accuracy: dict[str, Any] | None = None
+        if settings.int8_method:
+            train = load_split(prepared_dir, "train")
+            calibration = _at_size(_spread(train.images, settings.calibration_images), size)
+            say(f"quantising to INT8 ({settings.int8_method}"
+                + (f", calibrated on {len(calibration)} training images" if settings.int8_method == "static" else "")
+                + ") ...")
+            int8_path = tmp / ONNX_FILES["int8"]
+            quantization = quantize_int8(fp32_path, int8_path, settings.int8_method, calibration)
+            int8 = OnnxSegmenter(int8_path)
+            checks["int8_max_abs_diff"] = max_probability_gap(reference, int8, parity)
+            files["int8"] = {**file_entry(int8_path), "quantization": quantization}
+            say(f"scoring FP32 and INT8 on the {len(test.images)} test images ...")
+            f1 = {name: pooled_f1(graph, test, size, threshold) for name, graph in (("fp32", fp32), ("int8", int8))}
+            accuracy = {"split": "test", "images": len(test.images), "threshold": threshold,
+                        "f1": f1, "int8_f1_change": f1["int8"] - f1["fp32"]}
+            say(f"test F1 (pooled, at {threshold:g}): FP32 {f1['fp32']:.4f}, INT8 {f1['int8']:.4f} "
+                f"(change {f1['int8'] - f1['fp32']:+.4f}); INT8 max |ONNX - PyTorch| = {checks['int8_max_abs_diff']:.3f}")
+        (tmp / PARAMS_FILE).write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+        description = {
+            "format": "onnx",
+            "model": label,
+            "tuning": params.tuning.method,
+            "files": files,
+            "input": {"name": INPUT_NAME, "shape": [EXPORT_BATCH, 3, size, size], "dtype": "float32",
+                      "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
+                      "preprocessing": f"resize the photo to {size}x{size} (OpenCV INTER_AREA), "
+                                       "divide the 8-bit pixels by 255",
+                      "normalisation": folded_normalisation(params)},
+            "output": {"name": OUTPUT_NAME, "shape": [EXPORT_BATCH, 1, size, size], "dtype": "float32",
+                       "meaning": "crack probability per pixel (sigmoid in the graph)",
+                       "postprocessing": "resize back to the photo's size (bilinear), crack where >= threshold"},
+            "threshold": threshold,
+            "source": source,
+            "checks": checks,
+            "accuracy": accuracy,
+            "exporter": {"opset": OPSET, **_versions()},
+        }
+        write_json(tmp / EXPORT_FILE, description)
+    return ExportReport(Path(out_dir), description)

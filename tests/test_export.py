@@ -1,0 +1,214 @@
+"""`crackops export`: sam_lite (real architecture, random weights) to ONNX FP32 and INT8, checked,
+attached to its registered version, and run by `crackops predict` and the MLflow pyfunc model."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from crackops.cli import main
+from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, file_entry, load_export
+from pipeline.export.checks import FP32_TOLERANCE, load_split
+from pipeline.export.onnx_graph import ExportError, export_onnx
+from pipeline.inference.onnx_segmenter import OnnxSegmenter
+from pipeline.inference.probabilities import predict_probabilities
+from pipeline.params import load_params
+from pipeline.training.trained import save_trained_model
+from pipeline.tuning.build import build_model
+from registry.export import EXPORT_TAG
+
+NAME = "edge-test"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_prepared) -> dict:
+    """A random sam_lite model, logged and registered as version 1 (alias champion), then exported."""
+    from pipeline.tracking.pyfunc import log_pyfunc_model
+
+    root = tmp_path_factory.mktemp("export")
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    torch.manual_seed(0)
+    params = load_params("missing.yaml", [f"data.img_size={SIZE}", "model.family=sam_lite",
+                                          "model.student_checkpoint=null", "mlflow.enabled=false"])
+    model_dir = root / "train"
+    save_trained_model(build_model(params, load_weights=False), params, model_dir)
+    mlflow.set_tracking_uri(tracking)
+    try:
+        mlflow.set_experiment("export-test")
+        with mlflow.start_run() as run:
+            info = log_pyfunc_model(model_dir)
+            mlflow.log_metric("test_f1", 0.25)
+        client = MlflowClient(tracking, registry_uri=tracking)
+        version = mlflow.register_model(info.model_uri, NAME)
+        client.set_registered_model_alias(NAME, "champion", version.version)
+    finally:
+        mlflow.set_tracking_uri(None)
+    common = ["-S", f"data.prepared_dir={tiny_prepared}", "-S", f"mlflow.tracking_uri={tracking}",
+              "-S", f"mlflow.registered_model={NAME}"]
+    out = root / "edge"
+    assert main(["export", "--int8", "--calibration-images", "4", "--output", str(out), *common]) == 0
+    return {"root": root, "model_dir": model_dir, "out": out, "common": common, "tracking": tracking,
+            "run_id": run.info.run_id, "prepared": tiny_prepared, "params": params}
+
+
+def test_export_writes_fp32_and_int8_that_onnxruntime_runs_with_a_complete_description(workspace):
+    out = workspace["out"]
+    described = json.loads((out / EXPORT_FILE).read_text())
+    assert set(described["files"]) == {"fp32", "int8"}
+    for precision, entry in described["files"].items():
+        assert entry["file"] == ONNX_FILES[precision]
+        actual = file_entry(out / entry["file"])
+        assert (entry["bytes"], entry["sha256"]) == (actual["bytes"], actual["sha256"])
+        graph, params = load_export(out, precision)
+        probabilities = graph.run(np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32))
+        assert probabilities.shape == (2, 1, SIZE, SIZE) and 0 <= probabilities.min() <= probabilities.max() <= 1
+        assert params.model.family == "sam_lite" and params.data.img_size == SIZE
+    assert described["files"]["int8"]["quantization"]["method"] == "static"
+    assert described["files"]["int8"]["quantization"]["calibration_images"] == 4
+    assert described["files"]["int8"]["bytes"] < described["files"]["fp32"]["bytes"] / 3
+    assert described["input"]["shape"] == [1, 3, SIZE, SIZE] and described["input"]["range"] == [0.0, 1.0]
+    assert described["input"]["normalisation"]["mean"] == [123.675, 116.28, 103.53]  # SAM's, inside the graph
+    assert described["output"]["shape"] == [1, 1, SIZE, SIZE]
+    assert described["threshold"] == workspace["params"].eval.threshold
+    source = described["source"]
+    assert (source["registered_model"], source["version"], source["run_id"]) == (NAME, "1", workspace["run_id"])
+    assert source["model_uri"] == f"models:/{NAME}@champion"
+    checks, accuracy = described["checks"], described["accuracy"]
+    assert 0 <= checks["fp32_max_abs_diff"] <= FP32_TOLERANCE and checks["int8_max_abs_diff"] > 0
+    assert accuracy["images"] == len(load_split(workspace["prepared"], "test").images)
+    assert accuracy["int8_f1_change"] == pytest.approx(accuracy["f1"]["int8"] - accuracy["f1"]["fp32"])
+    assert {"opset", "torch", "onnxruntime"} <= set(described["exporter"])
+
+
+def test_fp32_graph_gives_pytorch_probabilities_within_1e4(workspace):
+    from pipeline.training.trained import load_trained_model
+
+    model, params = load_trained_model(workspace["model_dir"])
+    graph, _ = load_export(workspace["out"], "fp32")
+    images = load_split(workspace["prepared"], "test").images + load_split(workspace["prepared"], "val").images
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(predict_probabilities(model, images, SIZE),
+                                                          predict_probabilities(graph, images, SIZE)))
+    assert gap <= 1e-4
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in sorted(folder.glob("*_mask.png"))}
+
+
+def test_predict_with_the_onnx_export_writes_pytorch_masks(workspace, tmp_path):
+    """Same masks from the PyTorch model, the export folder and the version's attached export, except
+    where PyTorch's own probability is within the FP32 bound of the threshold."""
+    from pipeline.training.trained import load_trained_model
+
+    photos = workspace["prepared"] / "test" / "images"
+    common = workspace["common"]
+    runs = {"pytorch": ["--model-uri", str(workspace["model_dir"])],
+            "folder": ["--model-uri", str(workspace["out"])],
+            "version": ["--format", "onnx"]}  # the champion's attached export
+    for name, extra in runs.items():
+        assert main(["predict", str(photos), "--output", str(tmp_path / name), "--no-progress", *extra, *common]) == 0
+    model, params = load_trained_model(workspace["model_dir"])
+    reference = _masks(tmp_path / "pytorch")
+    assert len(reference) == len(list(photos.iterdir()))
+    for name in ("folder", "version"):
+        masks = _masks(tmp_path / name)
+        assert masks.keys() == reference.keys()
+        for file, mask in masks.items():
+            image = cv2.cvtColor(cv2.imread(str(photos / file.replace("_mask", ""))), cv2.COLOR_BGR2RGB)
+            probability = predict_probabilities(model, [image], SIZE)[0]
+            decided = np.abs(probability - params.eval.threshold) > FP32_TOLERANCE
+            assert decided.mean() > 0.5
+            np.testing.assert_array_equal(mask[decided], reference[file][decided])
+
+
+def test_export_is_attached_to_the_registered_version_and_served_by_pyfunc(workspace, tmp_path):
+    client = MlflowClient(workspace["tracking"], registry_uri=workspace["tracking"])
+    tags = client.get_model_version(NAME, "1").tags
+    photo = workspace["prepared"] / "test" / "images"
+    image_file = sorted(photo.iterdir())[0]
+    frame = pd.DataFrame({"image": [base64.b64encode(image_file.read_bytes()).decode()]})
+    image = cv2.cvtColor(cv2.imread(str(image_file)), cv2.COLOR_BGR2RGB)
+    mlflow.set_tracking_uri(workspace["tracking"])
+    try:
+        for precision in ("fp32", "int8"):
+            uri = tags[EXPORT_TAG.format(precision=precision)]
+            assert uri == f"runs:/{workspace['run_id']}/edge/onnx-{precision}"
+            served = mlflow.pyfunc.load_model(uri)
+            assert served.metadata.metadata["precision"] == precision
+            mask = cv2.imdecode(np.frombuffer(base64.b64decode(served.predict(frame)["mask"][0]), np.uint8), 0)
+            graph, params = load_export(workspace["out"], precision)
+            expected = predict_probabilities(graph, [image], SIZE)[0] >= params.eval.threshold
+            np.testing.assert_array_equal(mask > 0, expected)
+    finally:
+        mlflow.set_tracking_uri(None)
+    # The INT8 graph through `crackops predict`, found from the registry.
+    assert main(["predict", str(image_file), "--format", "onnx", "--int8", "--output", str(tmp_path),
+                 "--no-progress", *workspace["common"]]) == 0
+
+
+class _Bessel(torch.nn.Module):
+    """A model with an operator torch's ONNX exporter cannot translate."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.special.i1e(image[:, :1])
+
+
+def test_unsupported_operator_is_one_line_and_leaves_nothing(workspace, tmp_path, monkeypatch):
+    with pytest.raises(ExportError, match=r"cannot export bessel-test to ONNX: operator prims.bessel_i1e has no ONNX"):
+        export_onnx(_Bessel(), 8, tmp_path / "model.onnx", "bessel-test")
+    assert not list(tmp_path.iterdir())
+    # Through the command: the folder is written atomically, so a failed export leaves none behind.
+    import pipeline.export.export as export
+
+    monkeypatch.setattr(export, "export_onnx", lambda model, size, path, label: export_onnx(_Bessel(), 8, path, label))
+    out = tmp_path / "edge"
+    assert main(["export", "--model-uri", str(workspace["model_dir"]), "--output", str(out), "--no-attach",
+                 *workspace["common"]]) == 2
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8"])
+def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys):
+    folder = tmp_path / "model"
+    argv = ["export", "--model-uri", str(folder), "--output", str(tmp_path / "edge")]
+    if problem == "missing":
+        expected = "neither a folder nor a model URI"
+    elif problem == "not-crackops":
+        folder.mkdir()
+        (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: something.else\n")
+        expected = "is not a crackops model"
+    elif problem == "pytorch-as-onnx":
+        argv = ["predict", str(workspace["prepared"] / "test" / "images"), "--model-uri", str(workspace["model_dir"]),
+                "--format", "onnx", "--output", str(tmp_path / "masks")]
+        expected = "is a PyTorch model, not an ONNX export"
+    else:  # an FP32-only export asked for its INT8 graph
+        fp32_only = tmp_path / "fp32-only"
+        fp32_only.mkdir()
+        for name in (ONNX_FILES["fp32"], EXPORT_FILE, "params.yaml"):
+            (fp32_only / name).write_bytes((workspace["out"] / name).read_bytes())
+        described = json.loads((fp32_only / EXPORT_FILE).read_text())
+        del described["files"]["int8"]
+        (fp32_only / EXPORT_FILE).write_text(json.dumps(described))
+        argv = ["predict", str(workspace["prepared"] / "test" / "images"), "--model-uri", str(fp32_only),
+                "--format", "onnx", "--int8", "--output", str(tmp_path / "masks")]
+        expected = "holds no int8 model"
+    assert main([*argv, *workspace["common"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "edge").exists()
+
+
+def test_onnx_segmenter_refuses_a_graph_that_is_not_a_crackops_export(tmp_path):
+    torch.onnx.export(torch.nn.Identity().eval(), (torch.rand(1, 3, 8, 8),), str(tmp_path / "other.onnx"),
+                      input_names=["x"], output_names=["y"], dynamo=True, verbose=False)
+    with pytest.raises(Exception, match="is not a crackops export"):
+        OnnxSegmenter(tmp_path / "other.onnx")
