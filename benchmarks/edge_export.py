@@ -3,10 +3,10 @@ as eager PyTorch, onnxruntime FP32 and onnxruntime INT8 (``crackops export``'s f
 
 For each model and size the FP32 and INT8 graphs are made with the code ``crackops export`` runs
 (``pipeline.export``), INT8 statically calibrated on training images of ``data.prepared_dir``
-(``--calibration-images``). Each (model, size, runtime) is then timed in a fresh subprocess with
+(``--calibration-images``, ``--random-calibration-images`` for random-initialised models). Each (model, size, runtime) is then timed in a fresh subprocess with
 the same protocol as ``benchmarks/inference_speed.py``: batch 1, ``--warmup`` untimed runs, then
 at least ``--runs`` timed ones and ``--min-seconds`` of timing; best and median seconds per image;
-peak memory is the subprocess's ``ru_maxrss`` (Python, the runtime and the weights included).
+peak memory is the subprocess's peak resident set, VmHWM (Python, the runtime and the weights included).
 Eager PyTorch and onnxruntime both get ``--threads`` threads.
 
 Models are random-initialised (no pretrained weights can be downloaded here), except those given
@@ -39,6 +39,9 @@ MODELS = {
     "deeplabv3": ["model.family=deeplabv3"],
 }
 RUNTIMES = ("eager", "onnx_fp32", "onnx_int8")
+# Static calibration keeps every activation of an image: SAM ViT-B at 1024 px (4096 x 4096
+# attention maps in its global blocks) needs more than the 24 GiB here, so it is quantised dynamically.
+DYNAMIC_INT8 = {("sam_vit_b", 1024)}
 MAX_RUNS = 50
 # Lightweight-SAM study, Table 3 (weight files; the distilled model on a Kirin 970 phone CPU).
 STUDY_TABLE_3 = ("study (Table 3): SAM ViT-B 404 MB, ViT-L 1230 MB, ViT-H 2665 MB, distilled model 70 MB; "
@@ -78,9 +81,15 @@ def build_files(name: str, size: int, work: Path, prepared: Path, calibration: i
         started = time.perf_counter()
         export_onnx(model, size, folder / "model.onnx", name)
         exported = time.perf_counter() - started
-        quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", "static", _calibration(prepared, size, calibration))
+        method = "dynamic" if (name, size) in DYNAMIC_INT8 else "static"
+        # Random weights: the calibration sets the speed-relevant graph, not accuracy; one image at
+        # 1024 px keeps the calibrator's activations (all of them, per image) within memory.
+        count = calibration if size <= 512 else 1
+        settings = quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", method,
+                                 _calibration(prepared, size, count) if method == "static" else [])
         (folder / "timing.json").write_text(json.dumps({"export_seconds": round(exported, 1),
-                                                        "quantize_seconds": round(time.perf_counter() - started - exported, 1)}))
+                                                        "quantize_seconds": round(time.perf_counter() - started - exported, 1),
+                                                        "int8": settings}))
     return {"folder": str(folder), **json.loads((folder / "timing.json").read_text())}
 
 
@@ -99,6 +108,15 @@ def file_sizes(folder: Path) -> dict:
     return {key: round((folder / file).stat().st_size / 1e6, 1) for key, file in names.items() if (folder / file).is_file()}
 
 
+def peak_rss_mib() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over an exec, so
+    a child of the parent that exported a model would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_seconds: float, threads: int,
             f1_prepared: str | None) -> dict:
     """One runtime of one model folder, in this (fresh) process: time per image, peak memory, F1."""
@@ -106,7 +124,7 @@ def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_s
     import torch
 
     torch.set_num_threads(threads)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_mib = peak_rss_mib()
     if runtime == "eager":
         from pipeline.inference.probabilities import TorchSegmenter
         from pipeline.training.trained import load_trained_model
@@ -131,8 +149,7 @@ def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_s
             times.append(time.perf_counter() - started)
     row = {"runtime": runtime, "best_seconds": round(min(times), 4), "median_seconds": round(statistics.median(times), 4),
            "runs": len(times), "threads": threads,
-           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-           "baseline_rss_mib": round(baseline_kib / 1024),
+           "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline_mib,
            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
     if f1_prepared:
         from pipeline.export.checks import load_split, pooled_f1
@@ -155,10 +172,10 @@ def run_one(folder: Path, runtime: str, size: int, args: argparse.Namespace, f1:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | size | weights | file MB: safetensors / ONNX FP32 / INT8 | s/image best (median): eager | "
+    lines = ["| model | size | weights | INT8 | file MB: safetensors / ONNX FP32 / INT8 | s/image best (median): eager | "
              "ONNX FP32 | ONNX INT8 | speed-up vs eager, best: FP32 / INT8 | peak RSS MiB: eager / FP32 / INT8 | "
              "test F1: eager / FP32 / INT8 |",
-             "|---|---:|---|---|---:|---:|---:|---|---|---|"]
+             "|---|---:|---|---|---|---:|---:|---:|---|---|---|"]
     for row in rows:
         by = {r["runtime"]: r for r in row["runtimes"]}
         sizes = row["files"]
@@ -168,7 +185,8 @@ def table(rows: list[dict]) -> str:
         rss = " / ".join(f"{by[k]['peak_rss_mib']:,}" if k in by else "-" for k in RUNTIMES)
         f1 = " / ".join(f"{by[k]['test_f1']:.4f}" if "test_f1" in by.get(k, {}) else "-" for k in RUNTIMES)
         files = " / ".join(f"{sizes[k]:.1f}" if k in sizes else "-" for k in ("safetensors", "onnx_fp32", "onnx_int8"))
-        lines.append(f"| {row['model']} | {row['size']} | {row['weights']} | {files} | {speed['eager']} | "
+        lines.append(f"| {row['model']} | {row['size']} | {row['weights']} | {row.get('int8', 'static')} | {files} | "
+                     f"{speed['eager']} | "
                      f"{speed['onnx_fp32']} | {speed['onnx_int8']} | {ratio} | {rss} | {f1} |")
     return "\n".join(lines)
 
@@ -201,7 +219,9 @@ def main() -> None:
                         help="trained models (crackops train outputs), exported with crackops export; F1 measured")
     parser.add_argument("--prepared", type=Path, default=ROOT / "data/prepared",
                         help="prepared data: INT8 calibration (train) and F1 (test); default data/prepared")
-    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument("--calibration-images", type=int, default=16, help="static INT8 calibration of trained models")
+    parser.add_argument("--random-calibration-images", type=int, default=4,
+                        help="the same for random-initialised models (their accuracy is not measured)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=2)
@@ -210,12 +230,17 @@ def main() -> None:
                         help="where the files are written (reused by a rerun)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--f1-prepared", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         row = measure(Path(args.one[0]), args.one[1], args.sizes[0], args.runs, args.warmup, args.min_seconds,
                       args.threads, args.f1_prepared)
         print(json.dumps(row))
+        return
+    if args.build:
+        print(json.dumps(build_files(args.build[0], int(args.build[1]), args.work, args.prepared,
+                                     args.random_calibration_images)))
         return
     if not (args.prepared / "train" / "images").is_dir():
         raise SystemExit(f"{args.prepared} has no prepared train split: run `crackops prepare` (or dvc repro) first")
@@ -227,8 +252,13 @@ def main() -> None:
         jobs.append((name, None, Path(folder)))
     for name, size, trained in jobs:
         if trained is None:
-            built = build_files(name, size, args.work, args.prepared, args.calibration_images)
-            folder, weights = Path(built["folder"]), "random"
+            # In a subprocess: the parent stays small, so it neither runs out of memory nor
+            # inflates the children's measurements.
+            subprocess.run([sys.executable, __file__, "--build", name, str(size), "--work", str(args.work),
+                            "--prepared", str(args.prepared),
+                            "--random-calibration-images", str(args.random_calibration_images)], check=True)
+            folder, weights = args.work / f"{name}-{size}", "random"
+            int8 = json.loads((folder / "timing.json").read_text()).get("int8", {"method": "static"})["method"]
         else:
             folder = export_trained(trained, args.work, args.prepared, args.calibration_images)
             (folder / "model.safetensors").unlink(missing_ok=True)
@@ -236,8 +266,9 @@ def main() -> None:
             from pipeline.params import load_model_params
 
             size, weights = load_model_params(folder / "params.yaml").data.img_size, f"trained ({trained})"
+            int8 = json.loads((folder / "export.json").read_text())["files"]["int8"]["quantization"]["method"]
         runtimes = [run_one(folder, runtime, size, args, f1=trained is not None) for runtime in RUNTIMES]
-        rows.append({"model": name, "size": size, "weights": weights, "files": file_sizes(folder),
+        rows.append({"model": name, "size": size, "weights": weights, "int8": int8, "files": file_sizes(folder),
                      "runtimes": runtimes})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.threads} threads for torch "

@@ -212,3 +212,46 @@ def test_onnx_segmenter_refuses_a_graph_that_is_not_a_crackops_export(tmp_path):
                       input_names=["x"], output_names=["y"], dynamo=True, verbose=False)
     with pytest.raises(Exception, match="is not a crackops export"):
         OnnxSegmenter(tmp_path / "other.onnx")
+
+
+def _sam(*overrides: str):
+    params = load_params("missing.yaml", [f"data.img_size={SIZE}", "model.family=sam", "model.variant=vit_tiny",
+                                          "mlflow.enabled=false", *overrides])
+    torch.manual_seed(0)
+    model = build_model(params, load_weights=False).eval()
+    with torch.no_grad():  # LoRA's B starts at zero; a trained one does not
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    return model, params
+
+
+def test_lora_is_merged_into_its_base_layers_for_export():
+    from peft.tuners.lora import LoraLayer
+
+    from pipeline.export.onnx_graph import merged_for_export
+
+    model, _ = _sam("tuning.method=lora", "tuning.lora.targets=[q,v]", "tuning.lora.rank=4")
+    assert any(isinstance(module, LoraLayer) for module in model.modules())
+    merged = merged_for_export(model)
+    assert not any(isinstance(module, LoraLayer) for module in merged.modules())
+    assert any(isinstance(module, LoraLayer) for module in model.modules())  # the model itself is untouched
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(images), model(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # three exports of about 20 s each on 2 CPU cores
+@pytest.mark.parametrize("overrides", [
+    ["tuning.method=lora", "tuning.lora.targets=[q,v]", "tuning.lora.rank=4"],
+    ["tuning.method=cracksam", "model.mask_head=class_tokens", "model.input_norm=none"],
+    ["model.family=deeplabv3", "model.input_norm=none"],
+], ids=["sam-lora", "cracksam-adapters", "deeplabv3"])
+def test_sam_tunings_and_deeplab_export_within_the_fp32_bound(overrides, tmp_path, tiny_prepared):
+    from pipeline.export.checks import max_probability_gap
+    from pipeline.inference.probabilities import TorchSegmenter
+
+    model, _ = _sam(*overrides)
+    export_onnx(model, SIZE, tmp_path / "model.onnx", "test")
+    images = load_split(tiny_prepared, "test").images
+    assert max_probability_gap(TorchSegmenter(model), OnnxSegmenter(tmp_path / "model.onnx"), images) <= FP32_TOLERANCE
