@@ -131,9 +131,12 @@ def predict_command(params: Params, args: argparse.Namespace) -> int | None:
         model, trained = load_predictor(uri, Path(tmp), _client(params).tracking_uri, precision)
     if hasattr(model, "to"):  # a PyTorch model; an ONNX graph runs on onnxruntime's CPU provider
         model.to(pick_device())
+        runtime = "PyTorch"
+    else:
+        runtime = f"onnxruntime, {model.path.name}"
     report = predict_images(model, trained, paths, Path(args.output), threshold=args.threshold, tile=args.tile,
                             overlap=args.overlap, progress=not args.no_progress)
-    print(f"{len(report.predictions)} masks and overlays written to {args.output} (model {uri})")
+    print(f"{len(report.predictions)} masks and overlays written to {args.output} (model {uri}, {runtime})")
     if not report.failed:
         return None
     # Last, after any progress output: one line per file, so they are easy to find and to grep.
