@@ -58,9 +58,9 @@ def _params(name: str, size: int, prepared: str):
 def _calibration(prepared: Path, size: int, count: int) -> list:
     """Training images of the prepared data at ``size`` (resized as predict resizes)."""
     from pipeline.export.checks import load_split
-    from pipeline.export.export import _at_size, _spread
+    from pipeline.export.export import at_input_size, evenly_spread
 
-    return _at_size(_spread(load_split(prepared, "train").images, count), size)
+    return at_input_size(evenly_spread(load_split(prepared, "train").images, count), size)
 
 
 def build_files(name: str, size: int, work: Path, prepared: Path, calibration: int) -> dict:

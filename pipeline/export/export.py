@@ -55,13 +55,13 @@ def folded_normalisation(params: Params) -> dict[str, Any]:
     return {"in_graph": True, "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
-def _at_size(images: list[np.ndarray], size: int) -> list[np.ndarray]:
+def at_input_size(images: list[np.ndarray], size: int) -> list[np.ndarray]:
     """Images at the model's input size, resized as predict resizes them (prepared data may differ)."""
     return [image if image.shape[:2] == (size, size)
             else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images]
 
 
-def _spread(items: list[Any], n: int) -> list[Any]:
+def evenly_spread(items: list[Any], n: int) -> list[Any]:
     """``n`` items evenly spread over the list (all when there are fewer): a fixed, varied sample."""
     if len(items) <= n:
         return list(items)
@@ -82,7 +82,7 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
     """
     size, threshold, label = params.data.img_size, params.eval.threshold, model_label(params)
     test = load_split(prepared_dir, "test")  # before the slow export: a missing split fails at once
-    parity = _at_size(_spread(test.images, settings.parity_images), size)
+    parity = at_input_size(evenly_spread(test.images, settings.parity_images), size)
     model = model.eval()
     with atomic_dir(out_dir) as tmp:
         say(f"exporting {label} (tuning {params.tuning.method}) to ONNX at {size}x{size} ...")
@@ -100,7 +100,7 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
         accuracy: dict[str, Any] | None = None
         if settings.int8_method:
             train = load_split(prepared_dir, "train")
-            calibration = _at_size(_spread(train.images, settings.calibration_images), size)
+            calibration = at_input_size(evenly_spread(train.images, settings.calibration_images), size)
             say(f"quantising to INT8 ({settings.int8_method}"
                 + (f", calibrated on {len(calibration)} training images" if settings.int8_method == "static" else "")
                 + ") ...")

@@ -45,19 +45,24 @@ def quantize_int8(fp32: Path, out: Path, method: QuantMethod, calibration: list[
         raise ValueError(f"unknown INT8 method {method!r}; choose from {', '.join(QUANT_METHODS)}")
     if method == "static" and not calibration:
         raise ValueError("static INT8 quantisation needs calibration images")
-    logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime's advice to pre-process, which we do
-    with tempfile.TemporaryDirectory(prefix="crackops-quant-") as tmp:
-        # Shapes and a fused graph first: quantisation skips tensors of unknown shape.
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        if method == "dynamic":
-            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True)
-            return {"method": "dynamic", "weights": "int8 per channel", "activations": "uint8, ranges at run time"}
-        reader: CalibrationDataReader = _Calibration(calibration)  # type: ignore[assignment]
-        # The calibrator holds every activation of every calibration image until it computes the
-        # ranges (its CalibMaxIntermediateOutputs option drops them uncounted in onnxruntime 1.32).
-        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process (done) and its calibration chatter
+    try:
+        with tempfile.TemporaryDirectory(prefix="crackops-quant-") as tmp:
+            # Shapes and a fused graph first: quantisation skips tensors of unknown shape.
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32), str(prepared))
+            if method == "dynamic":
+                quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True)
+                return {"method": "dynamic", "weights": "int8 per channel", "activations": "uint8, ranges at run time"}
+            reader: CalibrationDataReader = _Calibration(calibration)  # type: ignore[assignment]
+            # The calibrator holds every activation of every calibration image until it computes the
+            # ranges (its CalibMaxIntermediateOutputs option drops them uncounted in onnxruntime 1.32).
+            quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.setLevel(level)
     return {"method": "static", "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
             "calibration": "MinMax", "calibration_images": len(calibration)}
