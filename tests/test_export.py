@@ -255,3 +255,44 @@ def test_sam_tunings_and_deeplab_export_within_the_fp32_bound(overrides, tmp_pat
     export_onnx(model, SIZE, tmp_path / "model.onnx", "test")
     images = load_split(tiny_prepared, "test").images
     assert max_probability_gap(TorchSegmenter(model), OnnxSegmenter(tmp_path / "model.onnx"), images) <= FP32_TOLERANCE
+
+
+@pytest.mark.slow  # starts `mlflow models serve` (about 20 s on 2 CPU cores)
+def test_mlflow_models_serve_runs_the_attached_int8_export(workspace, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from registry.local_server import free_port, stop_process_group, wait_until_up
+
+    uri = MlflowClient(workspace["tracking"]).get_model_version(NAME, "1").tags[EXPORT_TAG.format(precision="int8")]
+    bin_dir = Path(sys.executable).parent
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": workspace["tracking"],
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with log.open("w") as out:
+        server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                                   "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+
+    def post(rows: list[str]) -> urllib.request.Request:
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[row] for row in rows]}}
+        return urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                      headers={"Content-Type": "application/json"})
+
+    image_file = sorted((workspace["prepared"] / "test" / "images").iterdir())[0]
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, timeout=120)
+        with urllib.request.urlopen(post([base64.b64encode(image_file.read_bytes()).decode()]), timeout=60) as answer:
+            (prediction,) = json.loads(answer.read())["predictions"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(post(["not base64!"]), timeout=60)
+    finally:
+        stop_process_group(server, grace=5)
+    assert refused.value.code == 400 and "must hold base64-encoded image files" in refused.value.read().decode()
+    served = cv2.imdecode(np.frombuffer(base64.b64decode(prediction["mask"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    graph, params = load_export(workspace["out"], "int8")
+    image = cv2.cvtColor(cv2.imread(str(image_file)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(served > 0, predict_probabilities(graph, [image], SIZE)[0] >= params.eval.threshold)
