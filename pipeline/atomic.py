@@ -1,7 +1,8 @@
 """Atomic writes: a killed process never leaves a half-written file that a later run would trust.
 
-Temporary names carry their writer's :func:`~pipeline.liveness.process_token`, so the next write
-of the same path removes what a killed writer left (a killed ``prepare`` leaves megabytes).
+Temporary names carry their writer's :func:`~pipeline.liveness.process_token`, so the next process
+that writes into the same folder removes what a killed writer left (a killed ``prepare`` leaves
+megabytes).
 """
 from __future__ import annotations
 
@@ -25,18 +26,22 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{process_token()}."
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete ``path``'s temporary siblings whose writer has died; returns what was removed.
+# Folders this process has cleaned: each is listed once, not once per file written into it.
+_SWEPT: set[str] = set()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer has died; returns what was removed.
 
     Writers still alive, on another host or in another PID namespace are left alone.
     """
-    head = f".{path.name}."
-    removed = []
-    if not path.parent.is_dir():
+    removed: list[Path] = []
+    if not folder.is_dir():
         return removed
-    for candidate in path.parent.glob(f"{head}*{TMP_SUFFIX}"):
-        middle = candidate.name[len(head):-len(TMP_SUFFIX)].split(".")
-        if len(middle) != 2 or not owner_is_dead(middle[0]):
+    for candidate in folder.glob(f".*{TMP_SUFFIX}"):
+        # .<output name>.<writer token>.<random>.tmp; the output's name may itself hold dots.
+        parts = candidate.name[1:-len(TMP_SUFFIX)].rsplit(".", 2)
+        if len(parts) != 3 or not owner_is_dead(parts[1]):
             continue
         if candidate.is_dir() and not candidate.is_symlink():
             shutil.rmtree(candidate, ignore_errors=True)
@@ -45,6 +50,18 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         removed.append(candidate)
         print(f"removed {candidate}: left by a killed run", file=sys.stderr, flush=True)
     return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_stale_temporaries` the first time this process writes into ``folder``.
+
+    ``crackops predict`` writes thousands of masks into one folder; listing it for each would
+    make the run quadratic. What a writer that dies later leaves is removed by the next process.
+    """
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        remove_stale_temporaries(folder)
+        _SWEPT.add(key)
 
 
 @contextmanager
@@ -65,7 +82,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    _sweep_once(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -83,7 +100,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    _sweep_once(path.parent)
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():
         os.replace(old, path)  # killed between the two renames below: the previous version comes back

@@ -154,3 +154,24 @@ def test_killed_prepare_leaves_no_temporary_folder_after_the_rerun(tmp_path: Pat
     assert rerun.returncode == 0, rerun.stderr
     assert f"{leftovers[0].name}: left by a killed run" in rerun.stderr
     assert not list(tmp_path.glob(".prepared.*")) and (tmp_path / "prepared" / "manifest.json").is_file()
+
+
+def test_a_folder_is_cleaned_of_dead_writers_temporaries_once_per_process(tmp_path: Path) -> None:
+    """Every output's leftovers go at the first write into the folder; the folder is not listed again
+    for each later file (predict writes thousands of masks into one)."""
+    from pipeline import atomic
+    from pipeline.liveness import _host_key
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{_host_key()}-{finished.stdout.strip()}-1"
+    left = [tmp_path / f".a_mask.png.{dead}.x1y2{atomic.TMP_SUFFIX}", tmp_path / f".b.tar.gz.{dead}.z3{atomic.TMP_SUFFIX}"]
+    alive = tmp_path / f".c.png.{atomic.process_token()}.q9{atomic.TMP_SUFFIX}"
+    for path in (*left, alive):
+        path.write_text("half")
+    atomic.write_text(tmp_path / "c_mask.png", "whole")
+    assert not any(path.exists() for path in left) and alive.exists()
+    later = tmp_path / f".d.png.{dead}.w8{atomic.TMP_SUFFIX}"
+    later.write_text("half")
+    atomic.write_text(tmp_path / "d.png", "whole")
+    assert later.exists()  # swept once per process: the next process removes it
+    assert atomic.remove_stale_temporaries(tmp_path) == [later] and not later.exists()
