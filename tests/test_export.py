@@ -176,6 +176,16 @@ def test_unsupported_operator_is_one_line_and_leaves_nothing(workspace, tmp_path
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_export_never_replaces_a_folder_that_is_not_an_export(workspace, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "IMG_0001.jpg").write_bytes(b"a photo")
+    assert main(["export", "--model-uri", str(workspace["model_dir"]), "--output", str(photos), "--no-attach",
+                 *workspace["common"]]) == 2
+    assert "is not a `crackops export` folder: choose a new or empty folder" in capsys.readouterr().err
+    assert [path.name for path in photos.iterdir()] == ["IMG_0001.jpg"]
+
+
 @pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8"])
 def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys):
     folder = tmp_path / "model"

@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, PARAMS_FILE, file_entry
+from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, PARAMS_FILE, file_entry, is_export_dir
 from pipeline.export.checks import FP32_TOLERANCE, load_split, max_probability_gap, pooled_f1
 from pipeline.export.onnx_graph import EXPORT_BATCH, OPSET, ExportError, export_onnx
 from pipeline.export.quantize import QuantMethod, quantize_int8
@@ -80,6 +80,12 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
     test images, else nothing is written. With INT8, the test split's pooled F1 of both graphs is
     measured. ``source`` (model URI, version, run, its metrics) goes into ``export.json`` as given.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not is_export_dir(out_dir) and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # The export replaces the folder whole: never a folder that holds something else.
+        raise ExportError(f"{out_dir} exists and is not a `crackops export` folder: choose a new or empty folder")
+    if settings.parity_images < 1 or (settings.int8_method == "static" and settings.calibration_images < 1):
+        raise ExportError("--parity-images and --calibration-images must be at least 1")
     size, threshold, label = params.data.img_size, params.eval.threshold, model_label(params)
     test = load_split(prepared_dir, "test")  # before the slow export: a missing split fails at once
     parity = at_input_size(evenly_spread(test.images, settings.parity_images), size)
@@ -136,4 +142,4 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
             "exporter": {"opset": OPSET, **_versions()},
         }
         write_json(tmp / EXPORT_FILE, description)
-    return ExportReport(Path(out_dir), description)
+    return ExportReport(out_dir, description)
