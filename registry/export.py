@@ -16,11 +16,10 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.params import Params
 from registry.versions import (MLMODEL, RegistryError, download_artifact, get_version, load_model_uri, parse_models_uri,
-                               resolve_version)
+                               pyfunc_flavor, resolve_version)
 
 EXPORT_TAG = "crackops.export.{precision}"
 EDGE_ARTIFACTS = "edge/onnx-{precision}"
-RUN_FILE = "mlflow_run.json"  # beside a trained model folder (crackops train writes it)
 
 
 def _version_of(client: MlflowClient, uri: str) -> Any | None:
@@ -42,6 +41,8 @@ def export_source(client: MlflowClient, uri: str) -> dict[str, Any]:
                       metrics={key: float(value) for key, value in sorted(version.tags.items())
                                if key.startswith("eval.")})
         return source
+    from pipeline.tracking.tracked_training import RUN_FILE  # beside a trained folder; export has torch loaded
+
     run_id = None
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
@@ -93,10 +94,7 @@ def find_export(client: MlflowClient, uri: str, precision: str) -> str:
 
 def onnx_precision(mlmodel: Path) -> str | None:
     """The precision of a logged export's MLmodel (fp32, int8); None for any other model."""
-    import yaml
-
-    tree = yaml.safe_load(mlmodel.read_text()) or {}
-    pyfunc = tree.get("flavors", {}).get("python_function", {}) or {}
+    pyfunc = pyfunc_flavor(mlmodel)
     if "onnx" not in (pyfunc.get("artifacts") or {}):
         return None
     return (pyfunc.get("model_config") or {}).get("precision", "fp32")

@@ -81,9 +81,14 @@ def download_artifact(uri: str, path: str, dst: Path, tracking_uri: str | None) 
         raise RegistryError(f"cannot download {path} of {uri}: {error.message}") from None
 
 
-def _pyfunc_artifact_paths(mlmodel: Path, uri: str) -> tuple[str, str]:
+def pyfunc_flavor(mlmodel: Path) -> dict:
+    """The ``python_function`` section of an MLmodel file ({} when it has none)."""
     tree = yaml.safe_load(mlmodel.read_text()) or {}
-    artifacts = (tree.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
+    return (tree.get("flavors") or {}).get("python_function") or {}
+
+
+def _pyfunc_artifact_paths(mlmodel: Path, uri: str) -> tuple[str, str]:
+    artifacts = pyfunc_flavor(mlmodel).get("artifacts") or {}
     try:
         return artifacts["weights"]["path"], artifacts["params"]["path"]
     except (KeyError, TypeError):

@@ -1,7 +1,6 @@
 """How far an exported graph is from the PyTorch model it came from: probabilities and test F1."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,10 @@ from pipeline.metrics.pixel import Counts, count
 FP32_TOLERANCE = 1e-4
 
 
-@dataclass
-class SplitImages:
-    """A prepared split in memory: RGB uint8 images and 0/1 masks, by stem."""
-
-    split: str
-    stems: list[str]
-    images: list[np.ndarray]
-    masks: list[np.ndarray]
-
-
-def load_split(prepared_dir: Path, split: str) -> SplitImages:
-    """Every pair of ``prepared_dir/split`` (a DatasetError says to run ``crackops prepare`` when absent)."""
-    dataset = CrackDataset(Path(prepared_dir) / split)
-    return SplitImages(split, dataset.stems, dataset.images, dataset.masks)
+def load_split(prepared_dir: Path, split: str) -> CrackDataset:
+    """A prepared split in memory, its RGB uint8 ``images`` and 0/1 ``masks`` (a DatasetError says to
+    run ``crackops prepare`` when it is absent)."""
+    return CrackDataset(Path(prepared_dir) / split)
 
 
 def max_probability_gap(reference: Segmenter, exported: Segmenter, images: list[np.ndarray]) -> float:
@@ -40,7 +29,7 @@ def max_probability_gap(reference: Segmenter, exported: Segmenter, images: list[
     return gap
 
 
-def pooled_f1(model: nn.Module | Segmenter, data: SplitImages, img_size: int, threshold: float) -> float:
+def pooled_f1(model: nn.Module | Segmenter, data: CrackDataset, img_size: int, threshold: float) -> float:
     """F1 of all the split's pixels pooled, as ``crackops evaluate`` reports it (same resizing as predict)."""
     total = Counts()
     for image, mask in zip(data.images, data.masks):

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import yaml
 from torch import nn
@@ -21,13 +20,11 @@ from pipeline.export.checks import FP32_TOLERANCE, load_split, max_probability_g
 from pipeline.export.onnx_graph import EXPORT_BATCH, OPSET, ExportError, export_onnx
 from pipeline.export.quantize import QuantMethod, quantize_int8
 from pipeline.inference.onnx_segmenter import INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
-from pipeline.inference.probabilities import TorchSegmenter
+from pipeline.inference.probabilities import TorchSegmenter, resize_to_input
+from pipeline.models.deeplab import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.factory import model_label
+from pipeline.models.sam_lite.student import PIXEL_MEAN, PIXEL_STD
 from pipeline.params import Params
-
-# SAM's and ImageNet's pixel statistics, as the families apply them inside the graph.
-SAM_PIXELS = {"scale": 255.0, "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
-IMAGENET = {"scale": 1.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 @dataclass
@@ -48,17 +45,19 @@ class ExportReport:
 def folded_normalisation(params: Params) -> dict[str, Any]:
     """The pixel normalisation inside the graph: ``(x * scale - mean) / std`` per RGB channel."""
     family, norm = params.model.family, params.model.input_norm
+    # SAM's pixel statistics (on 0-255 pixels) are the ones the sam_lite student mimics.
     if family == "sam_lite" or (family == "sam" and norm == "family"):
-        return {"in_graph": True, **SAM_PIXELS}
-    if family == "deeplabv3" and norm == "family":
-        return {"in_graph": True, **IMAGENET}
-    return {"in_graph": True, "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+        scale, mean, std = 255.0, PIXEL_MEAN, PIXEL_STD
+    elif family == "deeplabv3" and norm == "family":
+        scale, mean, std = 1.0, IMAGENET_MEAN, IMAGENET_STD
+    else:
+        scale, mean, std = 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return {"in_graph": True, "scale": scale, "mean": list(mean), "std": list(std)}
 
 
 def at_input_size(images: list[np.ndarray], size: int) -> list[np.ndarray]:
     """Images at the model's input size, resized as predict resizes them (prepared data may differ)."""
-    return [image if image.shape[:2] == (size, size)
-            else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images]
+    return [resize_to_input(image, size) for image in images]
 
 
 def evenly_spread(items: list[Any], n: int) -> list[Any]:
@@ -105,8 +104,8 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
         checks: dict[str, Any] = {"parity_images": len(parity), "fp32_max_abs_diff": gap}
         accuracy: dict[str, Any] | None = None
         if settings.int8_method:
-            train = load_split(prepared_dir, "train")
-            calibration = at_input_size(evenly_spread(train.images, settings.calibration_images), size)
+            calibration = [] if settings.int8_method == "dynamic" else at_input_size(
+                evenly_spread(load_split(prepared_dir, "train").images, settings.calibration_images), size)
             say(f"quantising to INT8 ({settings.int8_method}"
                 + (f", calibrated on {len(calibration)} training images" if settings.int8_method == "static" else "")
                 + ") ...")

@@ -98,15 +98,13 @@ def export_onnx(model: nn.Module, img_size: int, path: Path, label: str) -> None
         optimize_for_onnxruntime(path)
 
 
-def optimize_for_onnxruntime(path: Path) -> list[str]:
+def optimize_for_onnxruntime(path: Path) -> None:
     """Fold constants and fuse GELU patterns into onnxruntime's Gelu kernel, in place.
 
     Two passes: onnxruntime's basic level (constant folding: TinyViT's attention-bias index
     tables, 2 MB of int64, become the gathered biases) and its transformer optimizer's fusions
     (the exporter writes GELU as Div-Erf-Add-Mul-Mul, about a quarter of sam_lite's time).
-    Returns the onnxruntime-specific (com.microsoft) operators the graph now uses.
     """
-    import onnx
     import onnxruntime as ort
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -126,14 +124,14 @@ def optimize_for_onnxruntime(path: Path) -> list[str]:
         for name in ("enable_attention", "enable_layer_norm", "enable_skip_layer_norm", "enable_bias_skip_layer_norm",
                      "enable_embed_layer_norm", "enable_rotary_embeddings", "enable_qordered_matmul"):
             setattr(fusions, name, False)
-        logging_level = logging.getLogger("onnxruntime.transformers").level
-        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # "specify num_heads": not needed
+        logger = logging.getLogger("onnxruntime.transformers")
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # its advice to specify num_heads: not needed without attention fusion
         try:
             fused = optimize_model(str(folded), model_type="vit", num_heads=0, hidden_size=0, opt_level=0,
                                    optimization_options=fusions)
         finally:
-            logging.getLogger("onnxruntime.transformers").setLevel(logging_level)
+            logger.setLevel(level)
         fused.save_model_to_file(str(path))
     finally:
         folded.unlink(missing_ok=True)
-    return sorted({node.op_type for node in onnx.load(str(path)).graph.node if node.domain == "com.microsoft"})

@@ -55,6 +55,13 @@ class TorchSegmenter:
             self.model.train(was_training)
 
 
+def resize_to_input(image: np.ndarray, img_size: int) -> np.ndarray:
+    """An RGB image at the model's input size, resized as prepare resizes (INTER_AREA) when it is not."""
+    if image.shape[:2] == (img_size, img_size):
+        return image
+    return cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
+
+
 def as_segmenter(model: nn.Module | Segmenter) -> Segmenter:
     return model if isinstance(model, Segmenter) else TorchSegmenter(model)
 
@@ -139,11 +146,7 @@ def _predict_resized(model: Segmenter, images: list[np.ndarray], img_size: int, 
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = [_as_rgb(np.asarray(image)) for image in images[start:start + batch_size]]
-        batch = np.stack([
-            image if image.shape[:2] == (img_size, img_size)
-            else cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
-            for image in chunk
-        ])
+        batch = np.stack([resize_to_input(image, img_size) for image in chunk])
         for image, prob in zip(chunk, model.probabilities(batch)):
             height, width = image.shape[:2]
             if prob.shape != (height, width):

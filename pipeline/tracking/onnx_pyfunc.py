@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import yaml
 
-from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, load_export
+from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, load_export, read_export
 from pipeline.export.bundle import PARAMS_FILE as EXPORT_PARAMS_FILE
 from pipeline.tracking.pyfunc import (ImageSegmenterModel, input_example, model_code_files, model_signature,
                                       pip_requirements)
@@ -35,7 +34,7 @@ def log_onnx_model(export_dir: Path, precision: str, client: mlflow.MlflowClient
     finished long ago) keeps its status and end time.
     """
     export_dir = Path(export_dir)
-    described = yaml.safe_load((export_dir / EXPORT_FILE).read_text())  # JSON is YAML
+    described = read_export(export_dir)
     with tempfile.TemporaryDirectory(prefix="crackops-onnx-") as tmp:
         code, model_code = model_code_files(Path(tmp), OnnxCrackSegmenterModel)
         model_dir = Path(tmp) / "model"

@@ -28,7 +28,7 @@ import importlib.metadata
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import mlflow
@@ -44,6 +44,9 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from pipeline.inference.probabilities import BadImage, Segmenter, predict_masks
 from pipeline.training.precision import pick_device
 from pipeline.training.trained import PARAMS_FILE, WEIGHTS_FILE, load_trained_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipeline` package, shipped as model code
 # Pinned from the running environment, so MLflow does not spend time inferring them at log time.
@@ -103,7 +106,7 @@ class ImageSegmenterModel(mlflow.pyfunc.PythonModel):
     # The explicit signature validates inputs; MLflow's type-hint validation (and its warning at
     # import time about a predict without hints) does not apply to a two-form predict.
     _skip_type_hint_validation = True
-    segmenter: Segmenter | Any
+    segmenter: Segmenter | nn.Module
     params: Any
 
     # model_input (a DataFrame or an array) stays unannotated: MLflow would try, and fail with a
@@ -158,7 +161,7 @@ class CrackSegmenterModel(ImageSegmenterModel):
             shutil.copy(weights, directory / WEIGHTS_FILE)
             shutil.copy(params_file, directory / PARAMS_FILE)
         model, self.params = load_trained_model(directory)
-        self.model = self.segmenter = model.to(pick_device())
+        self.segmenter = model.to(pick_device())
 
 
 def pip_requirements() -> list[str]:
