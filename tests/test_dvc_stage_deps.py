@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from import_statements import import_statements
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "search", "registry")
@@ -31,16 +32,9 @@ def imported_modules(tree: ast.AST, package: str) -> set[str]:
     """Project modules named by the imports in ``tree`` (``package``: where relative imports start),
     with every package on the way (importing a.b.c runs a/__init__ and a/b/__init__ too)."""
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # a submodule, or just a name
+    for module, imported in import_statements(tree, package):
+        names.add(module)
+        names.update(f"{module}.{item}" for item in imported)  # a submodule, or just a name
     found = set()
     for name in names:
         parts = name.split(".")

@@ -43,6 +43,8 @@ def workspace(tmp_path_factory, tiny_prepared) -> dict:
     save_trained_model(build_model(params, load_weights=False), params, model_dir)
     mlflow.set_tracking_uri(tracking)
     try:
+        # Artifacts in the test's folder: a sqlite store's default is ./mlruns in the working directory.
+        mlflow.create_experiment("export-test", artifact_location=(root / "artifacts").as_uri())
         mlflow.set_experiment("export-test")
         with mlflow.start_run() as run:
             info = log_pyfunc_model(model_dir)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from import_statements import import_statements
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "search", "registry", "crackops")
 
@@ -47,16 +49,10 @@ def imports_of(name: str, path: Path) -> set[str]:
     module ``a.b`` when there is one, else ``a``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     named = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            named.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            named.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
-                         for alias in node.names)
+    for module, names in import_statements(ast.parse(path.read_text()), package):
+        if not names:
+            named.add(module)
+        named.update(f"{module}.{item}" if f"{module}.{item}" in MODULES else module for item in names)
     resolved = set()
     for target in named:
         while target and target not in MODULES:  # `import a.b.c` where c is a name: the module a.b
