@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from inference_speed import time_calls  # noqa: E402 - the same timing protocol (benchmarks/ is the script's folder)
+
 MODELS = {
     "sam_lite": ["model.family=sam_lite", "model.student_checkpoint=null"],
     "sam_vit_b": ["model.family=sam", "model.variant=vit_b", "tuning.method=layernorm"],
@@ -42,7 +44,6 @@ RUNTIMES = ("eager", "onnx_fp32", "onnx_int8")
 # Static calibration keeps every activation of an image: SAM ViT-B at 1024 px (4096 x 4096
 # attention maps in its global blocks) needs more than the 24 GiB here, so it is quantised dynamically.
 DYNAMIC_INT8 = {("sam_vit_b", 1024)}
-MAX_RUNS = 50
 # Lightweight-SAM study, Table 3 (weight files; the distilled model on a Kirin 970 phone CPU).
 STUDY_TABLE_3 = ("study (Table 3): SAM ViT-B 404 MB, ViT-L 1230 MB, ViT-H 2665 MB, distilled model 70 MB; "
                  "distilled model on an arm phone CPU (Kirin 970) 2.245 s per 1024x1024 image")
@@ -140,13 +141,7 @@ def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_s
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
-        for _ in range(warmup):
-            segmenter.probabilities(image)
-        times: list[float] = []
-        while len(times) < MAX_RUNS and (len(times) < runs or sum(times) < min_seconds):
-            started = time.perf_counter()
-            segmenter.probabilities(image)
-            times.append(time.perf_counter() - started)
+        times, _ = time_calls(lambda: segmenter.probabilities(image), runs, warmup, min_seconds)
     row = {"runtime": runtime, "best_seconds": round(min(times), 4), "median_seconds": round(statistics.median(times), 4),
            "runs": len(times), "threads": threads,
            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline_mib,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -34,6 +35,20 @@ MODELS = {
     "deeplabv3": ["model.family=deeplabv3"],
 }
 MAX_RUNS = 50
+
+
+def time_calls(call: Callable[[], Any], runs: int, warmup: int, min_seconds: float) -> tuple[list[float], Any]:
+    """Seconds of each timed ``call()`` after ``warmup`` untimed ones: at least ``runs`` and
+    ``min_seconds`` in all (at most MAX_RUNS); also the last call's result."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    result = None
+    while len(times) < MAX_RUNS and (len(times) < runs or sum(times) < min_seconds):
+        started = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - started)
+    return times, result
 
 
 def measure(name: str, size: int, runs: int, warmup: int, min_seconds: float, threads: int | None) -> dict:
@@ -52,13 +67,7 @@ def measure(name: str, size: int, runs: int, warmup: int, min_seconds: float, th
     image = torch.rand(1, 3, size, size)
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(image)
-        times: list[float] = []
-        while len(times) < MAX_RUNS and (len(times) < runs or sum(times) < min_seconds):
-            started = time.perf_counter()
-            out = model(image)
-            times.append(time.perf_counter() - started)
+        times, out = time_calls(lambda: model(image), runs, warmup, min_seconds)
     assert out.shape == (1, 1, size, size), out.shape
     best, median = min(times), statistics.median(times)
     return {
