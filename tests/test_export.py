@@ -188,7 +188,7 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(workspace, tmp_pat
     assert [path.name for path in photos.iterdir()] == ["IMG_0001.jpg"]
 
 
-@pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8"])
+@pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8", "no-parity-images"])
 def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys):
     folder = tmp_path / "model"
     argv = ["export", "--model-uri", str(folder), "--output", str(tmp_path / "edge")]
@@ -202,6 +202,10 @@ def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys)
         argv = ["predict", str(workspace["prepared"] / "test" / "images"), "--model-uri", str(workspace["model_dir"]),
                 "--format", "onnx", "--output", str(tmp_path / "masks")]
         expected = "is a PyTorch model, not an ONNX export"
+    elif problem == "no-parity-images":
+        argv = ["export", "--model-uri", str(workspace["model_dir"]), "--parity-images", "0", "--no-attach",
+                "--output", str(tmp_path / "edge")]
+        expected = "--parity-images and --calibration-images must be at least 1"
     else:  # an FP32-only export asked for its INT8 graph
         fp32_only = tmp_path / "fp32-only"
         fp32_only.mkdir()
@@ -308,3 +312,27 @@ def test_mlflow_models_serve_runs_the_attached_int8_export(workspace, tmp_path):
     graph, params = load_export(workspace["out"], "int8")
     image = cv2.cvtColor(cv2.imread(str(image_file)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(served > 0, predict_probabilities(graph, [image], SIZE)[0] >= params.eval.threshold)
+
+
+def test_dynamic_int8_needs_no_calibration_and_runs(workspace, tmp_path):
+    from pipeline.export.quantize import quantize_int8
+
+    settings = quantize_int8(workspace["out"] / ONNX_FILES["fp32"], tmp_path / "dynamic.onnx", "dynamic", [])
+    assert settings["method"] == "dynamic" and "calibration_images" not in settings
+    probabilities = OnnxSegmenter(tmp_path / "dynamic.onnx").run(np.full((1, 3, SIZE, SIZE), 0.5, np.float32))
+    assert probabilities.shape == (1, 1, SIZE, SIZE) and 0 <= probabilities.min() <= probabilities.max() <= 1
+    with pytest.raises(ValueError, match="needs calibration images"):
+        quantize_int8(workspace["out"] / ONNX_FILES["fp32"], tmp_path / "static.onnx", "static", [])
+
+
+def test_a_trained_folder_exports_without_its_tracking_store(tmp_path, capsys):
+    """mlflow_run.json names a run the given store does not hold (another machine's): a note, no scores."""
+    from registry.export import export_source
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "mlflow_run.json").write_text(json.dumps({"run_id": "0123456789abcdef0123456789abcdef"}))
+    tracking = f"sqlite:///{tmp_path / 'other.db'}"
+    source = export_source(MlflowClient(tracking, registry_uri=tracking), str(folder))
+    assert (source["run_id"], source["metrics"], source["version"]) == ("0123456789abcdef0123456789abcdef", {}, None)
+    assert "note: the scores of run 0123456789abcdef0123456789abcdef are not in export.json" in capsys.readouterr().out

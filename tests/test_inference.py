@@ -208,7 +208,7 @@ def test_predict_cli_scores_every_readable_image_and_names_the_unreadable_one(tm
     assert main(["predict", str(tmp_path / "in"), "--model-uri", "some-model", "--output", str(out),
                  "--no-progress"]) == 1
     printed = capsys.readouterr()
-    assert "2 masks and overlays written" in printed.out
+    assert "2 masks and overlays written" in printed.out and "(model some-model, PyTorch)" in printed.out
     assert printed.err.splitlines()[-1] == (f"crackops predict: cannot read {bad.resolve()}: "
                                             "not a decodable image (truncated, corrupt or not an image file)")
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png",
