@@ -2,12 +2,16 @@
 as eager PyTorch, onnxruntime FP32 and onnxruntime INT8 (``crackops export``'s files).
 
 For each model and size the FP32 and INT8 graphs are made with the code ``crackops export`` runs
-(``pipeline.export``), INT8 statically calibrated on training images of ``data.prepared_dir``
-(``--calibration-images``, ``--random-calibration-images`` for random-initialised models). Each (model, size, runtime) is then timed in a fresh subprocess with
-the same protocol as ``benchmarks/inference_speed.py``: batch 1, ``--warmup`` untimed runs, then
+(``pipeline.export``), INT8 by ``--int8-method`` (``auto``: dynamic for transformers, static for
+convolutional networks; static calibrates on training images of ``data.prepared_dir``,
+``--calibration-images``, ``--random-calibration-images`` for random-initialised models). Each
+(model, size, runtime) is then timed in a fresh subprocess with the same protocol as
+``benchmarks/inference_speed.py``: batch 1, ``--warmup`` untimed runs, then
 at least ``--runs`` timed ones and ``--min-seconds`` of timing; best and median seconds per image;
 peak memory is the subprocess's peak resident set, VmHWM (Python, the runtime and the weights included).
-Eager PyTorch and onnxruntime both get ``--threads`` threads.
+Eager PyTorch and onnxruntime both get ``--threads`` threads. With ``--rounds R`` the three runtimes
+are also loaded side by side in one process and timed in turn, R rounds of ``--min-seconds``
+each; the table's seconds and speed-ups are then those (robust to a machine whose speed drifts).
 
 Models are random-initialised (no pretrained weights can be downloaded here), except those given
 with ``--trained NAME=FOLDER`` (a ``crackops train`` output): these are exported with
@@ -15,7 +19,8 @@ with ``--trained NAME=FOLDER`` (a ``crackops train`` output): these are exported
 split) is measured for each runtime at their own input size.
 
     python benchmarks/edge_export.py [--models sam_lite sam_vit_b deeplabv3] [--sizes 1024 256]
-        [--trained sam_lite=outputs/bench-lite] [--threads 2] [--work /tmp/edge-bench] [--json rows.json]
+        [--trained sam_lite=outputs/bench-lite] [--int8-method auto] [--rounds 5] [--threads 2]
+        [--work /tmp/edge-bench] [--json rows.json]
 """
 from __future__ import annotations
 
@@ -42,8 +47,8 @@ MODELS = {
 }
 RUNTIMES = ("eager", "onnx_fp32", "onnx_int8")
 # Static calibration keeps every activation of an image: SAM ViT-B at 1024 px (4096 x 4096
-# attention maps in its global blocks) needs more than the 24 GiB here, so it is quantised dynamically.
-DYNAMIC_INT8 = {("sam_vit_b", 1024)}
+# attention maps in its global blocks) needs more than the 24 GiB here (--int8-method auto picks
+# dynamic for it anyway).
 # Lightweight-SAM study, Table 3 (weight files; the distilled model on a Kirin 970 phone CPU).
 STUDY_TABLE_3 = ("study (Table 3): SAM ViT-B 404 MB, ViT-L 1230 MB, ViT-H 2665 MB, distilled model 70 MB; "
                  "distilled model on an arm phone CPU (Kirin 970) 2.245 s per 1024x1024 image")
@@ -64,16 +69,16 @@ def _calibration(prepared: Path, size: int, count: int) -> list:
     return at_input_size(evenly_spread(load_split(prepared, "train").images, count), size)
 
 
-def build_files(name: str, size: int, work: Path, prepared: Path, calibration: int) -> dict:
+def build_files(name: str, size: int, work: Path, prepared: Path, calibration: int, int8_method: str) -> dict:
     """model.safetensors, model.onnx and model.int8.onnx of a random-initialised model in ``work``."""
     import torch
 
     from pipeline.export.onnx_graph import export_onnx
-    from pipeline.export.quantize import quantize_int8
+    from pipeline.export.quantize import quantize_int8, resolve_method
     from pipeline.training.trained import save_trained_model
     from pipeline.tuning.build import build_model
 
-    folder = work / f"{name}-{size}"
+    folder = work / f"{name}-{size}-{int8_method}"
     if not (folder / "model.int8.onnx").is_file():
         torch.manual_seed(0)
         params = _params(name, size, str(prepared))
@@ -82,7 +87,7 @@ def build_files(name: str, size: int, work: Path, prepared: Path, calibration: i
         started = time.perf_counter()
         export_onnx(model, size, folder / "model.onnx", name)
         exported = time.perf_counter() - started
-        method = "dynamic" if (name, size) in DYNAMIC_INT8 else "static"
+        method = resolve_method(folder / "model.onnx", int8_method)  # type: ignore[arg-type]
         # Random weights: the calibration sets the speed-relevant graph, not accuracy; one image at
         # 1024 px keeps the calibrator's activations (all of them, per image) within memory.
         count = calibration if size <= 512 else 1
@@ -94,11 +99,12 @@ def build_files(name: str, size: int, work: Path, prepared: Path, calibration: i
     return {"folder": str(folder), **json.loads((folder / "timing.json").read_text())}
 
 
-def export_trained(folder: Path, work: Path, prepared: Path, calibration: int) -> Path:
+def export_trained(folder: Path, work: Path, prepared: Path, calibration: int, int8_method: str) -> Path:
     """``crackops export --int8`` of a trained model folder (the command users run)."""
-    out = work / f"trained-{folder.name}"
+    out = work / f"trained-{folder.name}-{int8_method}"
     if not (out / "export.json").is_file():
         command = [sys.executable, "-m", "crackops", "export", "--model-uri", str(folder), "--int8", "--no-attach",
+                   "--int8-method", int8_method,
                    "--calibration-images", str(calibration), "--output", str(out), "-S", f"data.prepared_dir={prepared}"]
         subprocess.run(command, check=True, cwd=ROOT)
     return out
@@ -118,6 +124,21 @@ def peak_rss_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def load_runtime(folder: Path, runtime: str, threads: int):
+    """The segmenter ``predict`` would run for ``runtime`` of a model folder, and its params."""
+    if runtime == "eager":
+        from pipeline.inference.probabilities import TorchSegmenter
+        from pipeline.training.trained import load_trained_model
+
+        model, params = load_trained_model(folder)
+        return TorchSegmenter(model), params
+    from pipeline.inference.onnx_segmenter import OnnxSegmenter
+    from pipeline.params import load_model_params
+
+    graph = folder / ("model.onnx" if runtime == "onnx_fp32" else "model.int8.onnx")
+    return OnnxSegmenter(graph, threads), load_model_params(folder / "params.yaml")
+
+
 def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_seconds: float, threads: int,
             f1_prepared: str | None) -> dict:
     """One runtime of one model folder, in this (fresh) process: time per image, peak memory, F1."""
@@ -126,18 +147,7 @@ def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_s
 
     torch.set_num_threads(threads)
     baseline_mib = peak_rss_mib()
-    if runtime == "eager":
-        from pipeline.inference.probabilities import TorchSegmenter
-        from pipeline.training.trained import load_trained_model
-
-        model, params = load_trained_model(folder)
-        segmenter = TorchSegmenter(model)
-    else:
-        from pipeline.inference.onnx_segmenter import OnnxSegmenter
-        from pipeline.params import load_model_params
-
-        params = load_model_params(folder / "params.yaml")
-        segmenter = OnnxSegmenter(folder / ("model.onnx" if runtime == "onnx_fp32" else "model.int8.onnx"), threads)
+    segmenter, params = load_runtime(folder, runtime, threads)
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
@@ -153,6 +163,37 @@ def measure(folder: Path, runtime: str, size: int, runs: int, warmup: int, min_s
             row["test_f1"] = round(pooled_f1(segmenter, load_split(Path(f1_prepared), "test"), params.data.img_size,
                                              params.eval.threshold), 4)
     return row
+
+
+def measure_interleaved(folder: Path, size: int, rounds: int, block_seconds: float, threads: int) -> dict:
+    """Seconds per image of the three runtimes loaded side by side in this process and timed in
+    turn, ``rounds`` times: ``block_seconds`` of calls each (after one untimed call, which lets
+    the previous runtime's threads settle). The ratios then compare calls minutes apart at most,
+    which a shared machine whose speed drifts needs: timed one process after the other, the same
+    graph ran 0.033 s and 0.048 s per image on the development VM within half an hour."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    segmenters = {runtime: load_runtime(folder, runtime, threads)[0] for runtime in RUNTIMES}
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    times: dict[str, list[float]] = {runtime: [] for runtime in RUNTIMES}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for runtime, segmenter in segmenters.items():
+                block, _ = time_calls(lambda: segmenter.probabilities(image), 2, 1, block_seconds)
+                times[runtime] += block
+    return {runtime: {"best_seconds": round(min(t), 4), "median_seconds": round(statistics.median(t), 4),
+                      "runs": len(t), "rounds": rounds} for runtime, t in times.items()}
+
+
+def run_interleaved(folder: Path, size: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--interleaved", str(folder), "--sizes", str(size), "--rounds",
+               str(args.rounds), "--min-seconds", str(args.min_seconds), "--threads", str(args.threads)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{folder} interleaved timing at {size}px failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_one(folder: Path, runtime: str, size: int, args: argparse.Namespace, f1: bool) -> dict:
@@ -214,6 +255,8 @@ def main() -> None:
                         help="trained models (crackops train outputs), exported with crackops export; F1 measured")
     parser.add_argument("--prepared", type=Path, default=ROOT / "data/prepared",
                         help="prepared data: INT8 calibration (train) and F1 (test); default data/prepared")
+    parser.add_argument("--int8-method", choices=["auto", "static", "dynamic"], default="auto",
+                        help="crackops export's --int8-method (auto: dynamic for transformers, static for CNNs)")
     parser.add_argument("--calibration-images", type=int, default=16, help="static INT8 calibration of trained models")
     parser.add_argument("--random-calibration-images", type=int, default=4,
                         help="the same for random-initialised models (their accuracy is not measured)")
@@ -224,7 +267,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/crackops-edge-bench"),
                         help="where the files are written (reused by a rerun)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="time the three runtimes side by side in one process, in turn, this many rounds of "
+                             "--min-seconds each; the table's seconds and speed-ups are then these (peak memory "
+                             "and F1 still come from one process per runtime). 0: one process per runtime only")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--f1-prepared", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,9 +281,13 @@ def main() -> None:
                       args.threads, args.f1_prepared)
         print(json.dumps(row))
         return
+    if args.interleaved:
+        print(json.dumps(measure_interleaved(Path(args.interleaved), args.sizes[0], args.rounds, args.min_seconds,
+                                             args.threads)))
+        return
     if args.build:
         print(json.dumps(build_files(args.build[0], int(args.build[1]), args.work, args.prepared,
-                                     args.random_calibration_images)))
+                                     args.random_calibration_images, args.int8_method)))
         return
     if not (args.prepared / "train" / "images").is_dir():
         raise SystemExit(f"{args.prepared} has no prepared train split: run `crackops prepare` (or dvc repro) first")
@@ -250,12 +302,12 @@ def main() -> None:
             # In a subprocess: the parent stays small, so it neither runs out of memory nor
             # inflates the children's measurements.
             subprocess.run([sys.executable, __file__, "--build", name, str(size), "--work", str(args.work),
-                            "--prepared", str(args.prepared),
+                            "--prepared", str(args.prepared), "--int8-method", args.int8_method,
                             "--random-calibration-images", str(args.random_calibration_images)], check=True)
-            folder, weights = args.work / f"{name}-{size}", "random"
+            folder, weights = args.work / f"{name}-{size}-{args.int8_method}", "random"
             int8 = json.loads((folder / "timing.json").read_text()).get("int8", {"method": "static"})["method"]
         else:
-            folder = export_trained(trained, args.work, args.prepared, args.calibration_images)
+            folder = export_trained(trained, args.work, args.prepared, args.calibration_images, args.int8_method)
             (folder / "model.safetensors").unlink(missing_ok=True)
             (folder / "model.safetensors").symlink_to((trained / "model.safetensors").resolve())
             from pipeline.params import load_model_params
@@ -263,12 +315,21 @@ def main() -> None:
             size, weights = load_model_params(folder / "params.yaml").data.img_size, f"trained ({trained})"
             int8 = json.loads((folder / "export.json").read_text())["files"]["int8"]["quantization"]["method"]
         runtimes = [run_one(folder, runtime, size, args, f1=trained is not None) for runtime in RUNTIMES]
+        if args.rounds:
+            side_by_side = run_interleaved(folder, size, args)
+            for row in runtimes:
+                # The isolated process's times stay in the JSON; the table shows the side-by-side ones.
+                row["isolated"] = {key: row[key] for key in ("best_seconds", "median_seconds", "runs")}
+                row.update(side_by_side[row["runtime"]])
         rows.append({"model": name, "size": size, "weights": weights, "int8": int8, "files": file_sizes(folder),
                      "runtimes": runtimes})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    timing = (f"the three runtimes side by side in one process, {args.rounds} rounds of {args.min_seconds:g}s each in "
+              "turn (peak memory and F1: one fresh process per runtime)" if args.rounds else
+              f"{args.warmup} warm-up + at least {args.runs} timed runs and {args.min_seconds:g}s per runtime, "
+              "each in a fresh process")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.threads} threads for torch "
-          f"and onnxruntime; batch 1; {args.warmup} warm-up + at least {args.runs} timed runs and "
-          f"{args.min_seconds:g}s per runtime, each in a fresh process\n")
+          f"and onnxruntime; batch 1; {timing}\n")
     print(table(rows))
     print()
     for line in verdicts(rows):

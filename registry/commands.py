@@ -222,9 +222,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
     export.add_argument("--output", required=True, help="folder for model.onnx, model.int8.onnx, params.yaml, export.json")
     export.add_argument("--int8", action="store_true", help="also an INT8 copy (onnxruntime quantisation)")
-    export.add_argument("--int8-method", choices=["static", "dynamic"], default="static",
-                        help="static: calibrated on training images (default); dynamic: weights only, no calibration "
-                             "(for SAM ViT-B/L/H at 1024 px, whose calibration needs more than 24 GiB)")
+    export.add_argument("--int8-method", choices=["auto", "static", "dynamic"], default="auto",
+                        help="static: all operators in int8, activation ranges calibrated on training images (for "
+                             "convolutional models: DeepLabV3); dynamic: the matrix products in int8 with activation "
+                             "ranges at run time, other weights stored int8 (for transformers: SAM, sam_lite; no "
+                             "calibration); auto (default): dynamic when most weights are in matrix products")
     export.add_argument("--calibration-images", type=int, default=16,
                         help="training images that calibrate static INT8 (default: 16)")
     export.add_argument("--parity-images", type=int, default=4,

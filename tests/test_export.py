@@ -74,8 +74,9 @@ def test_export_writes_fp32_and_int8_that_onnxruntime_runs_with_a_complete_descr
         probabilities = graph.run(np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32))
         assert probabilities.shape == (2, 1, SIZE, SIZE) and 0 <= probabilities.min() <= probabilities.max() <= 1
         assert params.model.family == "sam_lite" and params.data.img_size == SIZE
-    assert described["files"]["int8"]["quantization"]["method"] == "static"
-    assert described["files"]["int8"]["quantization"]["calibration_images"] == 4
+    # --int8-method auto: sam_lite's weights are mostly in matrix products, so dynamic (no calibration).
+    assert described["files"]["int8"]["quantization"]["method"] == "dynamic"
+    assert "calibration_images" not in described["files"]["int8"]["quantization"]
     assert described["files"]["int8"]["bytes"] < described["files"]["fp32"]["bytes"] / 3
     assert described["input"]["shape"] == [1, 3, SIZE, SIZE] and described["input"]["range"] == [0.0, 1.0]
     assert described["input"]["normalisation"]["mean"] == [123.675, 116.28, 103.53]  # SAM's, inside the graph
@@ -314,15 +315,81 @@ def test_mlflow_models_serve_runs_the_attached_int8_export(workspace, tmp_path):
     np.testing.assert_array_equal(served > 0, predict_probabilities(graph, [image], SIZE)[0] >= params.eval.threshold)
 
 
-def test_dynamic_int8_needs_no_calibration_and_runs(workspace, tmp_path):
+def test_static_int8_calibrates_on_training_images_and_runs(workspace, tmp_path):
+    from pipeline.export.export import at_input_size
     from pipeline.export.quantize import quantize_int8
 
-    settings = quantize_int8(workspace["out"] / ONNX_FILES["fp32"], tmp_path / "dynamic.onnx", "dynamic", [])
-    assert settings["method"] == "dynamic" and "calibration_images" not in settings
-    probabilities = OnnxSegmenter(tmp_path / "dynamic.onnx").run(np.full((1, 3, SIZE, SIZE), 0.5, np.float32))
+    fp32 = workspace["out"] / ONNX_FILES["fp32"]
+    images = at_input_size(load_split(workspace["prepared"], "train").images[:2], SIZE)
+    settings = quantize_int8(fp32, tmp_path / "static.onnx", "static", images)
+    assert (settings["method"], settings["format"], settings["calibration_images"]) == ("static", "QDQ", 2)
+    probabilities = OnnxSegmenter(tmp_path / "static.onnx").run(np.full((1, 3, SIZE, SIZE), 0.5, np.float32))
     assert probabilities.shape == (1, 1, SIZE, SIZE) and 0 <= probabilities.min() <= probabilities.max() <= 1
     with pytest.raises(ValueError, match="needs calibration images"):
-        quantize_int8(workspace["out"] / ONNX_FILES["fp32"], tmp_path / "static.onnx", "static", [])
+        quantize_int8(fp32, tmp_path / "nothing.onnx", "static", [])
+
+
+def _graph_of(weights: dict[str, tuple[str, tuple[int, ...]]]) -> "onnx.ModelProto":
+    """A graph with one node per weight: name -> (operator, weight shape); only the weights matter."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node(op, ["x", name], [f"{name}_out"]) for name, (op, _) in weights.items()]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, (_, shape) in weights.items()]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [], inits))
+
+
+def test_auto_int8_is_dynamic_for_transformers_and_static_for_convolutional_graphs(workspace, tmp_path):
+    import onnx
+
+    from pipeline.export.quantize import resolve_method, weights_by_operator
+
+    assert resolve_method(workspace["out"] / ONNX_FILES["fp32"], "auto") == "dynamic"  # sam_lite
+    mostly_convolutions = {"stem": ("Conv", (64, 3, 7, 7)), "classifier": ("Gemm", (10, 64))}
+    onnx.save(_graph_of(mostly_convolutions), tmp_path / "cnn.onnx")
+    assert weights_by_operator(tmp_path / "cnn.onnx") == {"matrix_products": 640, "convolutions": 64 * 3 * 49}
+    assert resolve_method(tmp_path / "cnn.onnx", "auto") == "static"
+    assert resolve_method(tmp_path / "cnn.onnx", "dynamic") == "dynamic"
+    with pytest.raises(ValueError, match="unknown INT8 method 'int4'"):
+        resolve_method(tmp_path / "cnn.onnx", "int4")
+
+
+def test_dynamic_int8_stores_other_weights_as_int8_that_onnxruntime_folds_at_load(workspace, tmp_path):
+    """The convolution and attention-bias weights the dynamic method does not compute in int8 are
+    stored int8 (a quarter of the bytes), rebuilt within half a step, and folded into constants
+    when a session loads, so they cost nothing per image."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from pipeline.export.quantize import MIN_STORED_INT8, store_weights_int8
+
+    fp32 = onnx.load(workspace["out"] / ONNX_FILES["fp32"])
+    original = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    large = {name for name, w in original.items() if w.dtype == np.float32 and w.ndim >= 2 and w.size >= MIN_STORED_INT8}
+    assert store_weights_int8(fp32) == len(large) > 0
+    stored = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    assert not large & set(stored)  # no large float weight is left
+    for name in large:
+        values, scale = stored[f"{name}_int8"], stored[f"{name}_int8_scale"]
+        assert values.dtype == np.int8 and values.shape == original[name].shape
+        assert np.all(np.abs(values * scale - original[name]) <= scale / 2 + 1e-7)
+    onnx.save(fp32, tmp_path / "stored.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(tmp_path / "stored.onnx"), options, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(tmp_path / "loaded.onnx")
+    assert not [n.name for n in loaded.graph.node if n.name.endswith(("_cast", "_rescale"))]
+    int8 = onnx.load(workspace["out"] / ONNX_FILES["int8"])
+    # Every matrix product with a weight (sam_lite's are Gemm) computes in int8.
+    gemms = [n for n in onnx.load(workspace["out"] / ONNX_FILES["fp32"]).graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == len([n for n in int8.graph.node if n.op_type == "MatMulInteger"]) > 0
+    assert not [t.name for t in int8.graph.initializer
+                if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2 and np.prod(t.dims) >= MIN_STORED_INT8]
 
 
 def test_a_trained_folder_exports_without_its_tracking_store(tmp_path, capsys):
@@ -336,3 +403,4 @@ def test_a_trained_folder_exports_without_its_tracking_store(tmp_path, capsys):
     source = export_source(MlflowClient(tracking, registry_uri=tracking), str(folder))
     assert (source["run_id"], source["metrics"], source["version"]) == ("0123456789abcdef0123456789abcdef", {}, None)
     assert "note: the scores of run 0123456789abcdef0123456789abcdef are not in export.json" in capsys.readouterr().out
+

@@ -18,7 +18,7 @@ from pipeline.atomic import atomic_dir, write_json
 from pipeline.export.bundle import EXPORT_FILE, ONNX_FILES, PARAMS_FILE, file_entry, is_export_dir
 from pipeline.export.checks import FP32_TOLERANCE, load_split, max_probability_gap, pooled_f1
 from pipeline.export.onnx_graph import EXPORT_BATCH, OPSET, ExportError, export_onnx
-from pipeline.export.quantize import QuantMethod, quantize_int8
+from pipeline.export.quantize import QuantMethod, quantize_int8, resolve_method
 from pipeline.inference.onnx_segmenter import INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
 from pipeline.inference.probabilities import TorchSegmenter, resize_to_input
 from pipeline.models.deeplab import IMAGENET_MEAN, IMAGENET_STD
@@ -83,7 +83,7 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
     if out_dir.exists() and not is_export_dir(out_dir) and (not out_dir.is_dir() or any(out_dir.iterdir())):
         # The export replaces the folder whole: never a folder that holds something else.
         raise ExportError(f"{out_dir} exists and is not a `crackops export` folder: choose a new or empty folder")
-    if settings.parity_images < 1 or (settings.int8_method == "static" and settings.calibration_images < 1):
+    if settings.parity_images < 1 or (settings.int8_method in ("static", "auto") and settings.calibration_images < 1):
         raise ExportError("--parity-images and --calibration-images must be at least 1")
     size, threshold, label = params.data.img_size, params.eval.threshold, model_label(params)
     test = load_split(prepared_dir, "test")  # before the slow export: a missing split fails at once
@@ -104,13 +104,15 @@ def export_model(model: nn.Module, params: Params, out_dir: Path, prepared_dir: 
         checks: dict[str, Any] = {"parity_images": len(parity), "fp32_max_abs_diff": gap}
         accuracy: dict[str, Any] | None = None
         if settings.int8_method:
-            calibration = [] if settings.int8_method == "dynamic" else at_input_size(
+            method = resolve_method(fp32_path, settings.int8_method)
+            calibration = [] if method == "dynamic" else at_input_size(
                 evenly_spread(load_split(prepared_dir, "train").images, settings.calibration_images), size)
-            say(f"quantising to INT8 ({settings.int8_method}"
-                + (f", calibrated on {len(calibration)} training images" if settings.int8_method == "static" else "")
-                + ") ...")
+            say(f"quantising to INT8 ({method}"
+                + (f", calibrated on {len(calibration)} training images" if method == "static"
+                   else ": matrix products in int8, activation ranges at run time")
+                + (", chosen by --int8-method auto" if settings.int8_method == "auto" else "") + ") ...")
             int8_path = tmp / ONNX_FILES["int8"]
-            quantization = quantize_int8(fp32_path, int8_path, settings.int8_method, calibration)
+            quantization = quantize_int8(fp32_path, int8_path, method, calibration)
             int8 = OnnxSegmenter(int8_path)
             checks["int8_max_abs_diff"] = max_probability_gap(reference, int8, parity)
             files["int8"] = {**file_entry(int8_path), "quantization": quantization}
