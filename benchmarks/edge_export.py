@@ -69,6 +69,11 @@ def _calibration(prepared: Path, size: int, count: int) -> list:
     return at_input_size(evenly_spread(load_split(prepared, "train").images, count), size)
 
 
+def random_folder(work: Path, name: str, size: int, int8_method: str) -> Path:
+    """Where :func:`build_files` writes a random-initialised model's files."""
+    return work / f"{name}-{size}-{int8_method}"
+
+
 def build_files(name: str, size: int, work: Path, prepared: Path, calibration: int, int8_method: str) -> dict:
     """model.safetensors, model.onnx and model.int8.onnx of a random-initialised model in ``work``."""
     import torch
@@ -78,7 +83,7 @@ def build_files(name: str, size: int, work: Path, prepared: Path, calibration: i
     from pipeline.training.trained import save_trained_model
     from pipeline.tuning.build import build_model
 
-    folder = work / f"{name}-{size}-{int8_method}"
+    folder = random_folder(work, name, size, int8_method)
     if not (folder / "model.int8.onnx").is_file():
         torch.manual_seed(0)
         params = _params(name, size, str(prepared))
@@ -304,7 +309,7 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--build", name, str(size), "--work", str(args.work),
                             "--prepared", str(args.prepared), "--int8-method", args.int8_method,
                             "--random-calibration-images", str(args.random_calibration_images)], check=True)
-            folder, weights = args.work / f"{name}-{size}-{args.int8_method}", "random"
+            folder, weights = random_folder(args.work, name, size, args.int8_method), "random"
             int8 = json.loads((folder / "timing.json").read_text()).get("int8", {"method": "static"})["method"]
         else:
             folder = export_trained(trained, args.work, args.prepared, args.calibration_images, args.int8_method)

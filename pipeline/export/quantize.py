@@ -47,7 +47,8 @@ def weights_by_operator(fp32: Path) -> dict[str, int]:
     """Float weights (element counts) feeding matrix products and convolutions in the graph at ``fp32``."""
     import onnx
 
-    model = onnx.load(str(fp32))
+    # Shapes only: a graph with its weights in a .data file beside it (SAM ViT-H) is not read whole.
+    model = onnx.load(str(fp32), load_external_data=False)
     sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in model.graph.initializer}
     counts = {"matrix_products": 0, "convolutions": 0}
     for node in model.graph.node:
