@@ -74,8 +74,9 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None] | None:
 
 def download_artifact(uri: str, path: str, dst: Path, tracking_uri: str | None) -> Path:
     # The registry lives with the tracking store here; pass both so no global MLflow state is used.
-    repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
+        # Resolving a models:/ URI happens here: an alias no version holds fails before any download.
+        repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
         return Path(repo.download_artifacts(path, str(dst)))
     except MlflowException as error:
         raise RegistryError(f"cannot download {path} of {uri}: {error.message}") from None

@@ -189,7 +189,8 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(workspace, tmp_pat
     assert [path.name for path in photos.iterdir()] == ["IMG_0001.jpg"]
 
 
-@pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8", "no-parity-images"])
+@pytest.mark.parametrize("problem", ["missing", "not-crackops", "pytorch-as-onnx", "no-int8", "no-parity-images",
+                                     "unset-alias"])
 def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys):
     folder = tmp_path / "model"
     argv = ["export", "--model-uri", str(folder), "--output", str(tmp_path / "edge")]
@@ -203,6 +204,9 @@ def test_bad_model_uris_are_one_clear_line(problem, workspace, tmp_path, capsys)
         argv = ["predict", str(workspace["prepared"] / "test" / "images"), "--model-uri", str(workspace["model_dir"]),
                 "--format", "onnx", "--output", str(tmp_path / "masks")]
         expected = "is a PyTorch model, not an ONNX export"
+    elif problem == "unset-alias":  # `make demo` registers a candidate; champion comes with `crackops promote`
+        argv = ["export", "--model-uri", f"models:/{NAME}@nobody", "--output", str(tmp_path / "edge")]
+        expected = f"cannot download MLmodel of models:/{NAME}@nobody: Registered model alias nobody not found"
     elif problem == "no-parity-images":
         argv = ["export", "--model-uri", str(workspace["model_dir"]), "--parity-images", "0", "--no-attach",
                 "--output", str(tmp_path / "edge")]
